@@ -1,0 +1,300 @@
+package proxy
+
+import (
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+)
+
+// Tracker accumulates Service and EndpointSlice events for one IP family
+// between syncs. Event handlers call the On* methods from informer
+// goroutines; the sync loop calls Checkout, which folds the pending changes
+// into the State it owns and says which Services changed.
+type Tracker struct {
+	family   v1.IPFamily
+	nodeName string
+	logger   klog.Logger
+
+	mu              sync.Mutex
+	pendingServices map[types.NamespacedName]*v1.Service // nil value: deleted
+	pendingSlices   map[sliceKey]*discovery.EndpointSlice
+	// triggerTimes records, per Service, when the oldest pending endpoint
+	// change was made (the EndpointSlice's last-change-trigger-time
+	// annotation), for network programming latency.
+	triggerTimes map[types.NamespacedName][]time.Time
+
+	// state is owned by the sync loop (Checkout's caller).
+	state *State
+}
+
+type sliceKey struct {
+	service types.NamespacedName
+	name    string
+}
+
+// State is the model a sync renders: every Service port of one family with
+// its endpoints. Only the goroutine that calls Tracker.Checkout may read it.
+type State struct {
+	// ServicePorts holds every served Service port.
+	ServicePorts map[ServicePortName]*ServicePort
+	// Endpoints holds, per Service port, its endpoints sorted by "ip:port".
+	// It may hold ports no Service has (slices arrive before Services).
+	Endpoints map[ServicePortName][]*Endpoint
+
+	servicePortNames map[types.NamespacedName][]ServicePortName
+	endpointPorts    map[types.NamespacedName][]ServicePortName
+	slices           map[types.NamespacedName]map[string]*sliceData
+}
+
+// Change describes what one Checkout folded in.
+type Change struct {
+	// Services lists the Services whose ports or endpoints changed.
+	Services map[types.NamespacedName]bool
+	// Previous holds, for every changed Service, its ports and endpoints
+	// before the change (for stale conntrack cleanup).
+	PreviousPorts     map[ServicePortName]*ServicePort
+	PreviousEndpoints map[ServicePortName][]*Endpoint
+	// TriggerTimes are the endpoint change times folded in, per Service.
+	TriggerTimes map[types.NamespacedName][]time.Time
+	// ServiceEvents and SliceEvents count the API events folded in.
+	ServiceEvents, SliceEvents int
+}
+
+// NewTracker returns an empty tracker for one IP family on node nodeName.
+func NewTracker(logger klog.Logger, family v1.IPFamily, nodeName string) *Tracker {
+	return &Tracker{
+		family:          family,
+		nodeName:        nodeName,
+		logger:          klog.LoggerWithValues(logger, "ipFamily", family),
+		pendingServices: map[types.NamespacedName]*v1.Service{},
+		pendingSlices:   map[sliceKey]*discovery.EndpointSlice{},
+		triggerTimes:    map[types.NamespacedName][]time.Time{},
+		state: &State{
+			ServicePorts:     map[ServicePortName]*ServicePort{},
+			Endpoints:        map[ServicePortName][]*Endpoint{},
+			servicePortNames: map[types.NamespacedName][]ServicePortName{},
+			endpointPorts:    map[types.NamespacedName][]ServicePortName{},
+			slices:           map[types.NamespacedName]map[string]*sliceData{},
+		},
+	}
+}
+
+// Family is the IP family the tracker serves.
+func (t *Tracker) Family() v1.IPFamily { return t.family }
+
+// OnServiceUpdate records a Service's new version (svc nil with old set
+// means deleted). It reports whether a sync is needed.
+func (t *Tracker) OnServiceUpdate(old, svc *v1.Service) bool {
+	obj := svc
+	if obj == nil {
+		obj = old
+	}
+	if obj == nil {
+		return false
+	}
+	nn := types.NamespacedName{Namespace: obj.Namespace, Name: obj.Name}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pendingServices[nn] = svc
+	return true
+}
+
+// OnEndpointSliceUpdate records a slice's new version (removed true when it
+// was deleted). Slices of another family, FQDN slices and slices without a
+// service-name label are ignored. It reports whether a sync is needed.
+func (t *Tracker) OnEndpointSliceUpdate(slice *discovery.EndpointSlice, removed bool) bool {
+	fam, ok := SliceFamily(slice)
+	if !ok || fam != t.family {
+		return false
+	}
+	svc, ok := SliceServiceName(slice)
+	if !ok {
+		t.logger.Info("Ignoring EndpointSlice without a service-name label", "endpointSlice", klog.KObj(slice), "label", discovery.LabelServiceName)
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	key := sliceKey{service: svc, name: slice.Name}
+	if removed {
+		t.pendingSlices[key] = nil
+	} else {
+		t.pendingSlices[key] = slice
+		if ts, ok := slice.Annotations[v1.EndpointsLastChangeTriggerTime]; ok {
+			if tt, err := time.Parse(time.RFC3339Nano, ts); err == nil {
+				t.triggerTimes[svc] = append(t.triggerTimes[svc], tt)
+			}
+		}
+	}
+	return true
+}
+
+// Pending reports how many Service and EndpointSlice changes wait for the
+// next Checkout.
+func (t *Tracker) Pending() (services, slices int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.pendingServices), len(t.pendingSlices)
+}
+
+// Checkout folds every pending change into the state and returns it with a
+// description of what changed. Bad parts of objects are logged here, once
+// per change, and left out.
+func (t *Tracker) Checkout() (*State, Change) {
+	t.mu.Lock()
+	services := t.pendingServices
+	slicesPending := t.pendingSlices
+	triggers := t.triggerTimes
+	t.pendingServices = map[types.NamespacedName]*v1.Service{}
+	t.pendingSlices = map[sliceKey]*discovery.EndpointSlice{}
+	t.triggerTimes = map[types.NamespacedName][]time.Time{}
+	t.mu.Unlock()
+
+	s := t.state
+	ch := Change{
+		Services:          map[types.NamespacedName]bool{},
+		PreviousPorts:     map[ServicePortName]*ServicePort{},
+		PreviousEndpoints: map[ServicePortName][]*Endpoint{},
+		TriggerTimes:      triggers,
+		ServiceEvents:     len(services),
+		SliceEvents:       len(slicesPending),
+	}
+	remember := func(nn types.NamespacedName) {
+		if ch.Services[nn] {
+			return
+		}
+		ch.Services[nn] = true
+		for _, spn := range s.servicePortNames[nn] {
+			ch.PreviousPorts[spn] = s.ServicePorts[spn]
+		}
+		for _, spn := range s.endpointPorts[nn] {
+			ch.PreviousEndpoints[spn] = s.Endpoints[spn]
+		}
+	}
+
+	for nn, svc := range services {
+		var ports map[ServicePortName]*ServicePort
+		if svc != nil {
+			var errs []error
+			ports, errs = ServicePortsFor(svc, t.family)
+			for _, err := range errs {
+				t.logger.Error(err, "Ignoring invalid part of Service", "service", nn)
+			}
+		}
+		if !t.servicePortsChanged(nn, ports) {
+			continue
+		}
+		remember(nn)
+		for _, spn := range s.servicePortNames[nn] {
+			delete(s.ServicePorts, spn)
+		}
+		delete(s.servicePortNames, nn)
+		if len(ports) == 0 {
+			continue
+		}
+		names := make([]ServicePortName, 0, len(ports))
+		for spn, sp := range ports {
+			s.ServicePorts[spn] = sp
+			names = append(names, spn)
+		}
+		s.servicePortNames[nn] = names
+	}
+
+	touched := map[types.NamespacedName]bool{}
+	for key, slice := range slicesPending {
+		bySlice := s.slices[key.service]
+		if slice == nil {
+			if _, ok := bySlice[key.name]; !ok {
+				continue
+			}
+			delete(bySlice, key.name)
+			touched[key.service] = true
+			continue
+		}
+		d, errs := parseSlice(slice, t.family, t.nodeName)
+		for _, err := range errs {
+			t.logger.Error(err, "Ignoring invalid part of EndpointSlice", "service", key.service)
+		}
+		if bySlice == nil {
+			bySlice = map[string]*sliceData{}
+			s.slices[key.service] = bySlice
+		}
+		bySlice[key.name] = d
+		touched[key.service] = true
+	}
+	for nn := range touched {
+		merged := mergeSlices(nn, s.slices[nn])
+		if len(s.slices[nn]) == 0 {
+			delete(s.slices, nn)
+		}
+		if !t.endpointsChanged(nn, merged) {
+			continue
+		}
+		remember(nn)
+		for _, spn := range s.endpointPorts[nn] {
+			delete(s.Endpoints, spn)
+		}
+		delete(s.endpointPorts, nn)
+		if len(merged) == 0 {
+			continue
+		}
+		names := make([]ServicePortName, 0, len(merged))
+		for spn, eps := range merged {
+			s.Endpoints[spn] = eps
+			names = append(names, spn)
+		}
+		s.endpointPorts[nn] = names
+	}
+	return s, ch
+}
+
+func (t *Tracker) servicePortsChanged(nn types.NamespacedName, ports map[ServicePortName]*ServicePort) bool {
+	s := t.state
+	old := s.servicePortNames[nn]
+	if len(old) != len(ports) {
+		return true
+	}
+	for _, spn := range old {
+		if !s.ServicePorts[spn].Equal(ports[spn]) {
+			return true
+		}
+	}
+	return false
+}
+
+func (t *Tracker) endpointsChanged(nn types.NamespacedName, merged map[ServicePortName][]*Endpoint) bool {
+	s := t.state
+	old := s.endpointPorts[nn]
+	if len(old) != len(merged) {
+		return true
+	}
+	for _, spn := range old {
+		a, b := s.Endpoints[spn], merged[spn]
+		if len(a) != len(b) {
+			return true
+		}
+		for i := range a {
+			if !a[i].Equal(b[i]) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ServicePortNames returns the ports of Service nn in the state.
+func (s *State) ServicePortNames(nn types.NamespacedName) []ServicePortName {
+	return s.servicePortNames[nn]
+}
+
+// EndpointCount returns the number of endpoints across all served ports.
+func (s *State) EndpointCount() int {
+	n := 0
+	for spn := range s.ServicePorts {
+		n += len(s.Endpoints[spn])
+	}
+	return n
+}
