@@ -95,9 +95,9 @@ type Stats struct {
 type serviceRules struct {
 	natChains []*Chain
 	// Entries for the shared chains, as rule bodies.
-	natServices, natNodePorts                                  []string
+	natServices, natNodePorts                                 []string
 	filterServices, filterExternal, filterFW, filterNodePorts []string
-	noLocalInternal, noLocalExternal                           bool
+	noLocalInternal, noLocalExternal                          bool
 }
 
 // Renderer turns the model into rules. It caches each Service port's rules
@@ -148,9 +148,9 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 	}
 
 	var (
-		natServices, natNodePorts                                  []string
+		natServices, natNodePorts                                 []string
 		filterServices, filterExternal, filterFW, filterNodePorts []string
-		svcChains                                                  []*Chain
+		svcChains                                                 []*Chain
 	)
 	for _, spn := range names {
 		sr := r.cache[spn]
