@@ -1,0 +1,55 @@
+package app
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/iptproxy/iptproxy/pkg/metrics"
+	"github.com/iptproxy/iptproxy/pkg/options"
+	"github.com/iptproxy/iptproxy/pkg/proxier"
+)
+
+// mountDebug adds /debug/last-sync and /debug/rules to the metrics server.
+// They are served only when the metrics server listens on loopback (the
+// default), the way kube-proxy keeps /configz and profiling off the
+// network unless asked.
+func mountDebug(s *metrics.Server, o *options.Options, proxiers []*proxier.Proxier) error {
+	lastSync := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		reports := make([]proxier.SyncReport, 0, len(proxiers))
+		for _, p := range proxiers {
+			reports = append(reports, p.LastSync())
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(reports)
+	})
+	rulesHandler := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		for _, p := range proxiers {
+			rs := p.Desired()
+			if rs == nil {
+				continue
+			}
+			_, _ = w.Write([]byte("# " + string(p.Family()) + "\n"))
+			_, _ = w.Write(rs.Payload())
+		}
+	})
+	for path, h := range map[string]http.Handler{"/debug/last-sync": lastSync, "/debug/rules": rulesHandler} {
+		if err := s.Handle(path, localOnly(h)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// localOnly answers 403 to requests that did not come from loopback.
+func localOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !isLoopbackRemote(r.RemoteAddr) {
+			http.Error(w, "debug endpoints answer only on loopback", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,202 @@
+package iptables
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+)
+
+// Chains kubelet (1.17 and later) creates in the backend the node uses.
+const (
+	hintChain          = "KUBE-IPTABLES-HINT"
+	kubeletCanaryChain = "KUBE-KUBELET-CANARY"
+)
+
+// detectSaveTimeout bounds each iptables-save DetectBackend runs: on
+// iptables-nft a huge table can take minutes to dump.
+const detectSaveTimeout = 30 * time.Second
+
+// evidence is what one iptables-save dump says about its backend.
+type evidence struct {
+	// hint is the kubelet chain found, "" if none.
+	hint string
+	// kubeLines counts chain declarations and rules mentioning "KUBE-" in
+	// the mangle, nat and filter tables.
+	kubeLines int
+}
+
+func (e *evidence) add(o evidence) {
+	if e.hint == "" {
+		e.hint = o.hint
+	}
+	e.kubeLines += o.kubeLines
+}
+
+// scanEvidence reads iptables-save output, looking only at the mangle, nat
+// and filter tables.
+func scanEvidence(r io.Reader) (evidence, error) {
+	var ev evidence
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
+	inTable := false
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "*"):
+			switch Table(line[1:]) {
+			case TableMangle, TableNAT, TableFilter:
+				inTable = true
+			default:
+				inTable = false
+			}
+		case !inTable:
+		case strings.HasPrefix(line, ":"):
+			name, _, _ := strings.Cut(line[1:], " ")
+			if ev.hint == "" && (name == hintChain || name == kubeletCanaryChain) {
+				ev.hint = name
+			}
+			if strings.HasPrefix(name, "KUBE-") {
+				ev.kubeLines++
+			}
+		case strings.HasPrefix(line, "-A ") && strings.Contains(line, "KUBE-"):
+			ev.kubeLines++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return ev, fmt.Errorf("reading iptables-save output: %w", err)
+	}
+	return ev, nil
+}
+
+// saveEvidence runs "save args..." and scans its output.
+func saveEvidence(ctx context.Context, save string, args ...string) (evidence, error) {
+	ctx, cancel := context.WithTimeout(ctx, detectSaveTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, save, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return evidence{}, fmt.Errorf("running %s: %w", save, err)
+	}
+	if err := cmd.Start(); err != nil {
+		return evidence{}, fmt.Errorf("running %s: %w", save, err)
+	}
+	ev, scanErr := scanEvidence(out)
+	if scanErr != nil {
+		// Drain so the tool can exit.
+		_, _ = io.Copy(io.Discard, out)
+	}
+	if err := cmd.Wait(); err != nil {
+		return ev, fmt.Errorf("running %s %s: %w: %s", save, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return ev, scanErr
+}
+
+// backendSaves returns the backend's iptables-save and ip6tables-save
+// (suffixed names only: a plain "iptables-save" could be either backend);
+// nil when the backend's tools are not installed.
+func backendSaves(binDir string, b Backend) []string {
+	var saves []string
+	for _, family := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+		prefix, _ := toolPrefix(family)
+		save, err := lookTool(binDir, prefix+"-"+string(b)+"-save")
+		if err != nil {
+			continue
+		}
+		if _, err := lookTool(binDir, prefix+"-"+string(b)+"-restore"); err != nil {
+			continue
+		}
+		saves = append(saves, save)
+	}
+	return saves
+}
+
+// DetectBackend picks the iptables backend the node already uses, as
+// kube-proxy's image does with iptables-wrapper:
+//
+//  1. Without the nft tools it picks legacy; without the legacy tools, nft.
+//  2. A backend holding kubelet's KUBE-IPTABLES-HINT or KUBE-KUBELET-CANARY
+//     chain wins: nft is checked first (its mangle table), then legacy
+//     (a full dump: "iptables-legacy-save -t mangle" would make the kernel
+//     create the table).
+//  3. Otherwise the backend with more KUBE- chains and rules in mangle, nat
+//     and filter (IPv4 and IPv6 together) wins.
+//  4. With no evidence at all, nft.
+//
+// A save that fails is logged and counts as no evidence. DetectBackend logs
+// the reason for its choice. The options that matter are WithBinDir.
+func DetectBackend(ctx context.Context, opts ...Option) (Backend, error) {
+	o := buildOptions(opts)
+	logger := klog.FromContext(ctx)
+
+	nftSaves := backendSaves(o.binDir, BackendNFT)
+	legacySaves := backendSaves(o.binDir, BackendLegacy)
+	switch {
+	case len(nftSaves) == 0 && len(legacySaves) == 0:
+		return "", fmt.Errorf("neither iptables-nft nor iptables-legacy tools found: %w", ErrToolNotFound)
+	case len(nftSaves) == 0:
+		logger.Info("Detected iptables backend", "backend", BackendLegacy, "reason", "iptables-nft tools not found")
+		return BackendLegacy, nil
+	case len(legacySaves) == 0:
+		logger.Info("Detected iptables backend", "backend", BackendNFT, "reason", "iptables-legacy tools not found")
+		return BackendNFT, nil
+	}
+
+	collect := func(save string, args ...string) evidence {
+		ev, err := saveEvidence(ctx, save, args...)
+		if err != nil {
+			logger.V(2).Info("Ignoring failed iptables-save during backend detection", "command", save, "args", args, "err", err)
+		}
+		return ev
+	}
+
+	// Kubelet's chains, nft first: its mangle table alone is cheap to read.
+	var nft, legacy evidence
+	for _, save := range nftSaves {
+		nft.add(collect(save, "-t", string(TableMangle)))
+		if nft.hint != "" {
+			logger.Info("Detected iptables backend", "backend", BackendNFT,
+				"reason", "kubelet chain found", "chain", nft.hint, "command", save)
+			return BackendNFT, nil
+		}
+	}
+	for _, save := range legacySaves {
+		legacy.add(collect(save))
+		if legacy.hint != "" {
+			logger.Info("Detected iptables backend", "backend", BackendLegacy,
+				"reason", "kubelet chain found", "chain", legacy.hint, "command", save)
+			return BackendLegacy, nil
+		}
+	}
+	// legacy already holds every table; nft still needs nat and filter.
+	for _, save := range nftSaves {
+		for _, table := range []Table{TableNAT, TableFilter} {
+			nft.add(collect(save, "-t", string(table)))
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("detecting iptables backend: %w", err)
+	}
+	switch {
+	case legacy.kubeLines > nft.kubeLines:
+		logger.Info("Detected iptables backend", "backend", BackendLegacy,
+			"reason", "more KUBE- chains and rules", "legacyLines", legacy.kubeLines, "nftLines", nft.kubeLines)
+		return BackendLegacy, nil
+	case nft.kubeLines > 0:
+		logger.Info("Detected iptables backend", "backend", BackendNFT,
+			"reason", "more KUBE- chains and rules", "legacyLines", legacy.kubeLines, "nftLines", nft.kubeLines)
+		return BackendNFT, nil
+	default:
+		logger.Info("Detected iptables backend", "backend", BackendNFT,
+			"reason", "no kubelet or KUBE- chains in either backend; nft is the default")
+		return BackendNFT, nil
+	}
+}

@@ -1,0 +1,139 @@
+package iptables
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"k8s.io/klog/v2/ktesting"
+)
+
+func TestScanEvidence(t *testing.T) {
+	tests := []struct {
+		name string
+		save string
+		want evidence
+	}{{
+		name: "empty",
+		want: evidence{},
+	}, {
+		name: "hint in mangle",
+		save: "# Generated\n*mangle\n:PREROUTING ACCEPT [0:0]\n:KUBE-IPTABLES-HINT - [0:0]\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
+		want: evidence{hint: "KUBE-IPTABLES-HINT", kubeLines: 2},
+	}, {
+		name: "kubelet canary in filter",
+		save: "*filter\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
+		want: evidence{hint: "KUBE-KUBELET-CANARY", kubeLines: 1},
+	}, {
+		name: "kube-proxy rules",
+		save: "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-X - [0:0]\n" +
+			"-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n" +
+			"-A KUBE-SERVICES -d 10.0.0.1/32 -j KUBE-SVC-X\n-A OTHER -j ACCEPT\nCOMMIT\n",
+		want: evidence{kubeLines: 4},
+	}, {
+		name: "other tables ignored",
+		save: "*raw\n:KUBE-IPTABLES-HINT - [0:0]\n-A PREROUTING -j KUBE-X\nCOMMIT\n*security\n:KUBE-Y - [0:0]\nCOMMIT\n",
+		want: evidence{},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := scanEvidence(strings.NewReader(tc.save))
+			if err != nil || got != tc.want {
+				t.Errorf("scanEvidence() = %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+const (
+	hintSave = "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n"
+	kube1    = "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n"
+	kube3    = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n-A KUBE-SERVICES -j KUBE-SVC-A\nCOMMIT\n"
+)
+
+// saves maps "<tool> <args>" (e.g. "iptables-nft-save -t mangle",
+// "iptables-legacy-save ") to the output the fake prints.
+func installDetectFakes(t *testing.T, dir string, backends []Backend, saves map[string]string) {
+	t.Helper()
+	for _, b := range backends {
+		mode := map[Backend]string{BackendNFT: "nf_tables", BackendLegacy: "legacy"}[b]
+		for _, prefix := range []string{"iptables", "ip6tables"} {
+			save := prefix + "-" + string(b) + "-save"
+			fakeTool(t, dir, prefix+"-"+string(b)+"-restore", mode, "exit 0")
+			fakeTool(t, dir, save, mode, `cat "`+dir+`/`+save+`.$*" 2>/dev/null; exit 0`)
+		}
+	}
+	for key, out := range saves {
+		if err := os.WriteFile(filepath.Join(dir, key), []byte(out), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestDetectBackend(t *testing.T) {
+	both := []Backend{BackendNFT, BackendLegacy}
+	tests := []struct {
+		name     string
+		backends []Backend
+		saves    map[string]string
+		want     Backend
+		wantErr  error
+	}{
+		{name: "nothing anywhere", backends: both, want: BackendNFT},
+		{name: "only legacy tools", backends: []Backend{BackendLegacy}, saves: map[string]string{"iptables-nft-save.-t mangle": hintSave}, want: BackendLegacy},
+		{name: "only nft tools", backends: []Backend{BackendNFT}, saves: map[string]string{"iptables-legacy-save.": hintSave}, want: BackendNFT},
+		{name: "no tools", wantErr: ErrToolNotFound},
+		{name: "hint in nft", backends: both, saves: map[string]string{"iptables-nft-save.-t mangle": hintSave}, want: BackendNFT},
+		{name: "hint in nft ip6", backends: both, saves: map[string]string{"ip6tables-nft-save.-t mangle": hintSave}, want: BackendNFT},
+		{name: "hint in legacy", backends: both, saves: map[string]string{"iptables-legacy-save.": hintSave}, want: BackendLegacy},
+		{
+			name:     "legacy save must not be asked for one table",
+			backends: both,
+			saves:    map[string]string{"iptables-legacy-save.-t mangle": hintSave},
+			want:     BackendNFT,
+		},
+		{
+			name:     "hint beats more rules",
+			backends: both,
+			saves:    map[string]string{"iptables-nft-save.-t mangle": hintSave, "iptables-legacy-save.": kube3},
+			want:     BackendNFT,
+		},
+		{
+			name:     "more KUBE rules in legacy",
+			backends: both,
+			saves:    map[string]string{"iptables-nft-save.-t nat": kube1, "iptables-legacy-save.": kube3},
+			want:     BackendLegacy,
+		},
+		{
+			name:     "more KUBE rules in nft",
+			backends: both,
+			saves:    map[string]string{"ip6tables-nft-save.-t filter": kube3, "iptables-legacy-save.": kube1},
+			want:     BackendNFT,
+		},
+		{
+			name:     "tie goes to nft",
+			backends: both,
+			saves:    map[string]string{"iptables-nft-save.-t nat": kube3, "ip6tables-legacy-save.": kube3},
+			want:     BackendNFT,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			installDetectFakes(t, dir, tc.backends, tc.saves)
+			_, ctx := ktesting.NewTestContext(t)
+			got, err := DetectBackend(ctx, WithBinDir(dir))
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("DetectBackend() error = %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Errorf("DetectBackend() = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,70 @@
+// Package iptables is iptproxy's kernel boundary: it applies restore payloads
+// with iptables-restore, reads tables back with iptables-save, and manages the
+// few rules that live in the built-in chains (jumps such as
+// PREROUTING -> KUBE-SERVICES) with github.com/coreos/go-iptables.
+//
+// Everything above this package is pure; only this package (and the
+// conntrack package) touch the machine's netfilter state.
+package iptables
+
+import (
+	"context"
+
+	v1 "k8s.io/api/core/v1"
+)
+
+// Table names a netfilter table.
+type Table string
+
+// The tables iptproxy writes to.
+const (
+	TableFilter Table = "filter"
+	TableNAT    Table = "nat"
+	TableMangle Table = "mangle"
+)
+
+// Built-in chains iptproxy jumps from.
+const (
+	ChainPrerouting  = "PREROUTING"
+	ChainInput       = "INPUT"
+	ChainForward     = "FORWARD"
+	ChainOutput      = "OUTPUT"
+	ChainPostrouting = "POSTROUTING"
+)
+
+// Interface is the kernel boundary for one IP family. The real
+// implementation runs iptables(-nft|-legacy)-{restore,save}; the fake in
+// pkg/iptables/testing keeps the tables in memory.
+type Interface interface {
+	// Family is the IP family this instance programs (IPv4 uses iptables,
+	// IPv6 ip6tables).
+	Family() v1.IPFamily
+
+	// Restore applies payload (iptables-restore format, one or more tables
+	// each ending in COMMIT) with --noflush as one transaction. A failure
+	// leaves the tables as they were; the error is a *RestoreError when the
+	// tool reported the failing line.
+	Restore(ctx context.Context, payload []byte) error
+
+	// Save returns the table in iptables-save format (without counters).
+	Save(ctx context.Context, table Table) ([]byte, error)
+
+	// EnsureChain creates chain in table unless it exists; it reports
+	// whether the chain existed.
+	EnsureChain(ctx context.Context, table Table, chain string) (existed bool, err error)
+
+	// EnsureRulePrepended makes sure the rule given by args exists in chain,
+	// inserting it at the top when it is missing; it reports whether it
+	// existed.
+	EnsureRulePrepended(ctx context.Context, table Table, chain string, args ...string) (existed bool, err error)
+
+	// DeleteRule deletes the rule given by args from chain; a missing rule or
+	// chain is not an error.
+	DeleteRule(ctx context.Context, table Table, chain string, args ...string) error
+
+	// ChainExists reports whether chain exists in table.
+	ChainExists(ctx context.Context, table Table, chain string) (bool, error)
+
+	// DeleteChain flushes and deletes chain; a missing chain is not an error.
+	DeleteChain(ctx context.Context, table Table, chain string) error
+}

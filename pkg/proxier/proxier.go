@@ -1,0 +1,525 @@
+// Package proxier runs iptproxy's sync loop for one IP family: it takes the
+// changes the tracker accumulated, renders the rules, plans the smallest
+// restore and applies it, then updates health, metrics and the per-Service
+// health checks.
+package proxier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+
+	"github.com/iptproxy/iptproxy/pkg/iptables"
+	"github.com/iptproxy/iptproxy/pkg/metrics"
+	"github.com/iptproxy/iptproxy/pkg/planner"
+	"github.com/iptproxy/iptproxy/pkg/proxy"
+	"github.com/iptproxy/iptproxy/pkg/rules"
+)
+
+// fullSyncPeriod is how often a full sync (re-reading the kernel) happens
+// even when nothing asks for one, as kube-proxy's FullSyncPeriod.
+const fullSyncPeriod = time.Hour
+
+// HealthReporter receives sync progress for /healthz.
+type HealthReporter interface {
+	QueuedUpdate(family v1.IPFamily)
+	Updated(family v1.IPFamily)
+}
+
+// ServiceHealth serves the per-Service health-check node ports.
+type ServiceHealth interface {
+	SyncServices(ports map[types.NamespacedName]int) error
+	SyncEndpoints(localEndpoints map[types.NamespacedName]int) error
+}
+
+// Options configures a Proxier.
+type Options struct {
+	Rules         rules.Config
+	SyncPeriod    time.Duration
+	MinSyncPeriod time.Duration
+	IPTables      iptables.Interface
+	Metrics       *metrics.Metrics
+	Health        HealthReporter
+	ServiceHealth ServiceHealth
+	// Clock returns the time; time.Now when nil.
+	Clock func() time.Time
+}
+
+// SyncReport describes one sync, for logs and /debug/last-sync.
+type SyncReport struct {
+	Family        v1.IPFamily         `json:"ipFamily"`
+	Start         time.Time           `json:"start"`
+	Duration      time.Duration       `json:"durationNanos"`
+	Full          bool                `json:"full"`
+	Services      int                 `json:"changedServices"`
+	Rendered      int                 `json:"renderedServicePorts"`
+	ChainsWritten map[string][]string `json:"chainsWritten,omitempty"`
+	ChainsDeleted map[string][]string `json:"chainsDeleted,omitempty"`
+	RulesWritten  int                 `json:"rulesWritten"`
+	BytesWritten  int                 `json:"bytesWritten"`
+	Error         string              `json:"error,omitempty"`
+}
+
+// Proxier programs one IP family. Create it with New, feed it events with
+// the On* methods, and run its loop with Run.
+type Proxier struct {
+	family  v1.IPFamily
+	logger  klog.Logger
+	tracker *proxy.Tracker
+	opts    Options
+	now     func() time.Time
+
+	trigger chan struct{}
+
+	mu             sync.Mutex // guards the fields below
+	servicesSynced bool
+	slicesSynced   bool
+	lastReport     SyncReport
+	desired        *rules.Ruleset
+
+	// Owned by the sync loop.
+	renderer     *rules.Renderer
+	applied      *planner.Applied
+	needFull     atomic.Bool
+	lastFullSync time.Time
+	topologyZone string
+	nodeIPs      []netip.Addr
+}
+
+// New returns a proxier for opts.Rules.Family. It starts nothing; call Run.
+func New(logger klog.Logger, opts Options) *Proxier {
+	fam := opts.Rules.Family
+	now := opts.Clock
+	if now == nil {
+		now = time.Now
+	}
+	p := &Proxier{
+		family:   fam,
+		logger:   klog.LoggerWithValues(logger, "ipFamily", fam),
+		tracker:  proxy.NewTracker(logger, fam, opts.Rules.NodeName),
+		opts:     opts,
+		now:      now,
+		trigger:  make(chan struct{}, 1),
+		renderer: rules.NewRenderer(opts.Rules),
+		applied:  planner.NewApplied(),
+	}
+	p.needFull.Store(true)
+	return p
+}
+
+// Family is the IP family this proxier programs.
+func (p *Proxier) Family() v1.IPFamily { return p.family }
+
+func (p *Proxier) initialized() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.servicesSynced && p.slicesSynced
+}
+
+// queue asks the loop for a sync soon.
+func (p *Proxier) queue() {
+	if p.opts.Health != nil {
+		p.opts.Health.QueuedUpdate(p.family)
+	}
+	if p.opts.Metrics != nil {
+		p.opts.Metrics.SyncProxyRulesLastQueuedTimestamp.WithLabelValues(string(p.family)).SetToCurrentTime()
+	}
+	select {
+	case p.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// OnServiceUpdate records a Service change (old nil: added; svc nil:
+// deleted).
+func (p *Proxier) OnServiceUpdate(old, svc *v1.Service) {
+	if p.tracker.OnServiceUpdate(old, svc) && p.initialized() {
+		p.queue()
+	}
+}
+
+// OnEndpointSliceUpdate records an EndpointSlice change.
+func (p *Proxier) OnEndpointSliceUpdate(slice *discovery.EndpointSlice, removed bool) {
+	if p.tracker.OnEndpointSliceUpdate(slice, removed) && p.initialized() {
+		p.queue()
+	}
+}
+
+// OnServicesSynced is called once the Service informer has synced.
+func (p *Proxier) OnServicesSynced() {
+	p.mu.Lock()
+	p.servicesSynced = true
+	p.mu.Unlock()
+	p.queue()
+}
+
+// OnEndpointSlicesSynced is called once the EndpointSlice informer has
+// synced.
+func (p *Proxier) OnEndpointSlicesSynced() {
+	p.mu.Lock()
+	p.slicesSynced = true
+	p.mu.Unlock()
+	p.queue()
+}
+
+// OnNodeUpdate passes the node's zone label and addresses; a change forces
+// a full sync (topology hints and source-range rules depend on them).
+func (p *Proxier) OnNodeUpdate(zone string, nodeIPs []netip.Addr) {
+	p.mu.Lock()
+	changed := p.topologyZone != zone || !equalAddrs(p.nodeIPs, nodeIPs)
+	p.topologyZone, p.nodeIPs = zone, nodeIPs
+	p.mu.Unlock()
+	if changed {
+		p.queue()
+	}
+}
+
+func equalAddrs(a, b []netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// LastSync returns the report of the most recent sync.
+func (p *Proxier) LastSync() SyncReport {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastReport
+}
+
+// Desired returns the ruleset of the most recent sync (nil before the
+// first); callers must not modify it.
+func (p *Proxier) Desired() *rules.Ruleset {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.desired
+}
+
+// ForceFullSync makes the next sync re-read the kernel and repair it.
+func (p *Proxier) ForceFullSync() {
+	p.needFull.Store(true)
+	p.queue()
+}
+
+// Run is the sync loop: it syncs when asked (at most once per
+// MinSyncPeriod), checks the canaries every SyncPeriod (a missing canary
+// forces a full sync), retries failed syncs after SyncPeriod, and does a
+// full sync at least hourly. It returns when ctx ends.
+func (p *Proxier) Run(ctx context.Context) {
+	ctx = klog.NewContext(ctx, p.logger)
+	if p.opts.Health != nil {
+		p.opts.Health.Updated(p.family) // start the clock even if syncs fail
+	}
+	period := p.opts.SyncPeriod
+	if period <= 0 {
+		period = 30 * time.Second
+	}
+	ticker := time.NewTicker(period)
+	defer ticker.Stop()
+	var retry <-chan time.Time
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.trigger:
+		case <-retry:
+			retry = nil
+		case <-ticker.C:
+			p.checkCanary(ctx)
+			if p.now().Sub(p.lastFullSync) > fullSyncPeriod && p.initialized() {
+				p.needFull.Store(true)
+			}
+			if !p.needFull.Load() {
+				continue
+			}
+		}
+		if wait := p.opts.MinSyncPeriod - p.now().Sub(last); wait > 0 && !last.IsZero() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+		if !p.initialized() {
+			p.logger.V(2).Info("Not syncing iptables until Services and EndpointSlices have been received")
+			continue
+		}
+		last = p.now()
+		if err := p.Sync(ctx); err != nil {
+			p.logger.Error(err, "Sync failed; retrying", "after", period)
+			retry = time.After(period)
+		}
+	}
+}
+
+// checkCanary forces a full sync if someone flushed our tables.
+func (p *Proxier) checkCanary(ctx context.Context) {
+	if !p.initialized() || p.lastFullSync.IsZero() {
+		return
+	}
+	missing, err := iptables.CanaryMissing(ctx, p.opts.IPTables, rules.ChainCanary, iptables.CanaryTables())
+	if err != nil {
+		p.logger.Error(err, "Checking the canary chains")
+		return
+	}
+	if missing {
+		p.logger.Info("Canary chain is gone: the tables were flushed by someone else; repairing with a full sync")
+		p.needFull.Store(true)
+	}
+}
+
+// Sync brings the kernel in line with the model once. It is called by Run;
+// tests call it directly.
+func (p *Proxier) Sync(ctx context.Context) (err error) {
+	start := p.now()
+	full := p.needFull.Load()
+	logger := p.logger
+	state, change := p.tracker.Checkout()
+	report := SyncReport{Family: p.family, Start: start, Full: full, Services: len(change.Services)}
+	m := p.opts.Metrics
+	fam := string(p.family)
+	defer func() {
+		report.Duration = p.now().Sub(start)
+		if err != nil {
+			report.Error = err.Error()
+			// The tracker's changes are folded in; only a full sync can
+			// be sure to get everything right now.
+			p.needFull.Store(true)
+		}
+		p.mu.Lock()
+		p.lastReport = report
+		p.mu.Unlock()
+		if m != nil {
+			sec := report.Duration.Seconds()
+			m.SyncProxyRulesLatency.WithLabelValues(fam).Observe(sec)
+			if full {
+				m.SyncFullProxyRulesLatency.WithLabelValues(fam).Observe(sec)
+			} else {
+				m.SyncPartialProxyRulesLatency.WithLabelValues(fam).Observe(sec)
+			}
+		}
+		logger.Info("Synced rules", "full", full, "elapsed", report.Duration, "changedServices", report.Services,
+			"renderedServicePorts", report.Rendered, "chainsWritten", countAll(report.ChainsWritten),
+			"chainsDeleted", countAll(report.ChainsDeleted), "rulesWritten", report.RulesWritten,
+			"bytes", report.BytesWritten, "err", err)
+	}()
+	if m != nil {
+		m.ServiceChangesTotal.Add(float64(change.ServiceEvents))
+		m.EndpointChangesTotal.Add(float64(change.SliceEvents))
+		svcs, slices := p.tracker.Pending()
+		m.ServiceChangesPending.Set(float64(svcs))
+		m.EndpointChangesPending.Set(float64(slices))
+	}
+
+	p.mu.Lock()
+	zone, nodeIPs := p.topologyZone, p.nodeIPs
+	p.mu.Unlock()
+	cfg := p.renderer.Config()
+	var changed map[proxy.ServicePortName]bool
+	if cfg.Zone != zone || !equalAddrs(cfg.NodeIPs, nodeIPs) {
+		cfg.Zone, cfg.NodeIPs = zone, nodeIPs
+		p.renderer.SetConfig(cfg)
+	} else {
+		changed = map[proxy.ServicePortName]bool{}
+		for spn := range change.PreviousPorts {
+			changed[spn] = true
+		}
+		for nn := range change.Services {
+			for _, spn := range state.ServicePortNames(nn) {
+				changed[spn] = true
+			}
+		}
+	}
+
+	if full {
+		if err := p.ensureBase(ctx); err != nil {
+			return err
+		}
+		for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
+			save, err := p.opts.IPTables.Save(ctx, t)
+			if err != nil {
+				logger.Error(err, "Reading the current rules failed; rewriting every chain", "table", t)
+				p.applied.Forget(t)
+				continue
+			}
+			p.applied.Adopt(t, save)
+		}
+	}
+
+	rs := p.renderer.Render(state, changed)
+	report.Rendered = rs.Stats.Rendered
+	plan := planner.Compute(rs, p.applied, rules.IsServiceChain)
+	report.RulesWritten = plan.Rules
+	report.BytesWritten = len(plan.Payload)
+	report.ChainsWritten = tableMap(plan.Written)
+	report.ChainsDeleted = tableMap(plan.Deleted)
+	if plan.Changed() {
+		if err := p.opts.IPTables.Restore(ctx, plan.Payload); err != nil {
+			var rerr *iptables.RestoreError
+			if errors.As(err, &rerr) {
+				logger.Error(err, "iptables-restore failed", "failingLines", rerr.FailingLines(plan.Payload, 3))
+			}
+			if m != nil {
+				m.IPTablesRestoreFailuresTotal.WithLabelValues(fam).Inc()
+				if !full {
+					m.IPTablesPartialRestoreFailuresTotal.WithLabelValues(fam).Inc()
+				}
+			}
+			// What the kernel holds is no longer known for sure.
+			p.applied.Forget(iptables.TableFilter)
+			p.applied.Forget(iptables.TableNAT)
+			return fmt.Errorf("applying %d rules: %w", plan.Rules, err)
+		}
+	}
+	p.applied.Commit(plan, rules.IsServiceChain)
+	if full {
+		p.needFull.Store(false)
+		p.lastFullSync = start
+	}
+	p.mu.Lock()
+	p.desired = rs
+	p.mu.Unlock()
+
+	if m != nil {
+		p.recordMetrics(rs, plan, change)
+	}
+	if p.opts.Health != nil {
+		p.opts.Health.Updated(p.family)
+	}
+	if p.opts.ServiceHealth != nil {
+		if err := p.syncServiceHealth(state); err != nil {
+			logger.Error(err, "Syncing health-check node ports")
+		}
+	}
+	return nil
+}
+
+// ensureBase creates our top-level chains, the jumps to them from the
+// built-in chains, and the canaries.
+func (p *Proxier) ensureBase(ctx context.Context) error {
+	ipt := p.opts.IPTables
+	all := jumps()
+	if p.renderer.Config().LocalhostNodePorts && p.family == v1.IPv4Protocol {
+		all = append(all, kubeletJumps()...)
+	}
+	for _, j := range all {
+		if _, err := ipt.EnsureChain(ctx, j.table, j.to); err != nil {
+			return fmt.Errorf("creating chain %s in %s: %w", j.to, j.table, err)
+		}
+		if _, err := ipt.EnsureRulePrepended(ctx, j.table, j.from, j.args()...); err != nil {
+			return fmt.Errorf("installing jump %s -> %s in %s: %w", j.from, j.to, j.table, err)
+		}
+	}
+	if err := iptables.EnsureCanaries(ctx, ipt, rules.ChainCanary, iptables.CanaryTables()); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (p *Proxier) recordMetrics(rs *rules.Ruleset, plan *planner.Plan, change proxy.Change) {
+	m, fam := p.opts.Metrics, string(p.family)
+	count := func(chains []*rules.Chain) int {
+		n := 0
+		for _, c := range chains {
+			n += len(c.Rules)
+		}
+		return n
+	}
+	m.IPTablesRulesTotal.WithLabelValues(string(iptables.TableFilter), fam).Set(float64(count(rs.Filter)))
+	m.IPTablesRulesTotal.WithLabelValues(string(iptables.TableNAT), fam).Set(float64(count(rs.NAT)))
+	written := map[iptables.Table]int{}
+	for _, t := range []struct {
+		name   iptables.Table
+		chains []*rules.Chain
+	}{{iptables.TableFilter, rs.Filter}, {iptables.TableNAT, rs.NAT}} {
+		byName := map[string]int{}
+		for _, c := range t.chains {
+			byName[c.Name] = len(c.Rules)
+		}
+		for _, c := range plan.Written[t.name] {
+			written[t.name] += byName[c]
+		}
+		m.IPTablesRulesLastSync.WithLabelValues(string(t.name), fam).Set(float64(written[t.name]))
+		m.SyncChainsWrittenTotal.WithLabelValues(string(t.name), fam).Add(float64(len(plan.Written[t.name])))
+		m.SyncChainsDeletedTotal.WithLabelValues(string(t.name), fam).Add(float64(len(plan.Deleted[t.name])))
+	}
+	m.SyncBytesWrittenTotal.WithLabelValues(fam).Add(float64(len(plan.Payload)))
+	m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues(metrics.TrafficPolicyInternal, fam).Set(float64(rs.Stats.NoLocalEndpointsInternal))
+	m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues(metrics.TrafficPolicyExternal, fam).Set(float64(rs.Stats.NoLocalEndpointsExternal))
+	m.SyncProxyRulesLastTimestamp.WithLabelValues(fam).SetToCurrentTime()
+	now := p.now()
+	for _, times := range change.TriggerTimes {
+		for _, t := range times {
+			m.NetworkProgrammingLatency.WithLabelValues(fam).Observe(now.Sub(t).Seconds())
+		}
+	}
+}
+
+// syncServiceHealth updates the health-check node ports: one per Service
+// with a Local external policy, answering with its local endpoint count.
+func (p *Proxier) syncServiceHealth(state *proxy.State) error {
+	ports := map[types.NamespacedName]int{}
+	local := map[types.NamespacedName]int{}
+	for spn, sp := range state.ServicePorts {
+		if sp.HealthCheckNodePort == 0 {
+			continue
+		}
+		ports[spn.NamespacedName] = sp.HealthCheckNodePort
+	}
+	for spn, eps := range state.Endpoints {
+		if _, ok := ports[spn.NamespacedName]; !ok {
+			continue
+		}
+		n := 0
+		for _, e := range eps {
+			if e.IsLocal && e.Ready {
+				n++
+			}
+		}
+		// kube-proxy counts the local ready endpoints of the Service.
+		if n > local[spn.NamespacedName] {
+			local[spn.NamespacedName] = n
+		}
+	}
+	if err := p.opts.ServiceHealth.SyncServices(ports); err != nil {
+		return err
+	}
+	return p.opts.ServiceHealth.SyncEndpoints(local)
+}
+
+func tableMap(in map[iptables.Table][]string) map[string][]string {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make(map[string][]string, len(in))
+	for t, v := range in {
+		if len(v) > 0 {
+			out[string(t)] = v
+		}
+	}
+	return out
+}
+
+func countAll(m map[string][]string) int {
+	n := 0
+	for _, v := range m {
+		n += len(v)
+	}
+	return n
+}
