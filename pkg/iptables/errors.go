@@ -87,8 +87,9 @@ func (e *RestoreError) LockTimeout() bool {
 
 // FailingLines returns the lines of payload around the failing one, context
 // lines before and after it, numbered and with the failing line marked by
-// ">", ready to be logged. It returns "" when the line is unknown or past the
-// end of payload.
+// ">", ready to be logged. A failing line just past the end of payload (a
+// missing COMMIT) shows as "<end of input>". It returns "" when the line is
+// unknown or further past the end.
 func (e *RestoreError) FailingLines(payload []byte, context int) string {
 	return extractLines(payload, e.Line, context)
 }
@@ -118,7 +119,7 @@ func extractLines(payload []byte, line, context int) string {
 		}
 		fmt.Fprintf(&b, "%s %*d: %s\n", mark, width, n, sc.Text())
 	}
-	if !found && n == line && b.Len() > 0 {
+	if !found && n == line {
 		// "COMMIT expected at line N" names the line after the last one.
 		fmt.Fprintf(&b, "> %*d: <end of input>\n", width, n)
 		found = true

@@ -41,9 +41,11 @@ type Interface interface {
 	Family() v1.IPFamily
 
 	// Restore applies payload (iptables-restore format, one or more tables
-	// each ending in COMMIT) with --noflush as one transaction. A failure
-	// leaves the tables as they were; the error is a *RestoreError when the
-	// tool reported the failing line.
+	// each ending in COMMIT) with --noflush in one iptables-restore run.
+	// Each table is its own transaction: a failure leaves the failing table
+	// as it was, but tables committed earlier in the same payload stay
+	// applied (both backends). When the tool runs and fails the error is a
+	// *RestoreError, whose Line is set when the tool named the failing line.
 	Restore(ctx context.Context, payload []byte) error
 
 	// Save returns the table in iptables-save format (without counters).
