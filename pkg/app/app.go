@@ -28,6 +28,7 @@ import (
 	"k8s.io/kube-proxy/config/v1alpha1"
 	"k8s.io/utils/clock"
 
+	"github.com/iptproxy/iptproxy/pkg/conntrack"
 	"github.com/iptproxy/iptproxy/pkg/healthcheck"
 	"github.com/iptproxy/iptproxy/pkg/iptables"
 	"github.com/iptproxy/iptproxy/pkg/localdetect"
@@ -152,6 +153,7 @@ func Run(ctx context.Context, o *options.Options) error {
 			Metrics:       m,
 			Health:        health,
 			ServiceHealth: sh,
+			Conntrack:     conntrack.Netlink{},
 		})
 		p.OnNodeUpdate(zone, familyIPs(node.ips, fam))
 		proxiers = append(proxiers, p)

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
+	"github.com/iptproxy/iptproxy/pkg/conntrack"
 	"github.com/iptproxy/iptproxy/pkg/iptables"
 	"github.com/iptproxy/iptproxy/pkg/metrics"
 	"github.com/iptproxy/iptproxy/pkg/planner"
@@ -50,6 +51,9 @@ type Options struct {
 	Metrics       *metrics.Metrics
 	Health        HealthReporter
 	ServiceHealth ServiceHealth
+	// Conntrack deletes stale UDP/SCTP flows after endpoint changes; nil
+	// disables it.
+	Conntrack conntrack.Interface
 	// Clock returns the time; time.Now when nil.
 	Clock func() time.Time
 }
@@ -402,6 +406,9 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 	if p.opts.Health != nil {
 		p.opts.Health.Updated(p.family)
 	}
+	if p.opts.Conntrack != nil && needsConntrackCleanup(state, change) {
+		p.cleanConntrack(ctx, state)
+	}
 	if p.opts.ServiceHealth != nil {
 		if err := p.syncServiceHealth(state); err != nil {
 			logger.Error(err, "Syncing health-check node ports")
@@ -522,4 +529,53 @@ func countAll(m map[string][]string) int {
 		n += len(v)
 	}
 	return n
+}
+
+// needsConntrackCleanup reports whether a UDP or SCTP Service port changed
+// in this sync (its endpoints or its addresses).
+func needsConntrackCleanup(state *proxy.State, change proxy.Change) bool {
+	datagram := func(p v1.Protocol) bool { return p == v1.ProtocolUDP || p == v1.ProtocolSCTP }
+	for spn := range change.PreviousPorts {
+		if datagram(spn.Protocol) {
+			return true
+		}
+	}
+	for spn := range change.PreviousEndpoints {
+		if datagram(spn.Protocol) {
+			return true
+		}
+	}
+	for nn := range change.Services {
+		for _, spn := range state.ServicePortNames(nn) {
+			if datagram(spn.Protocol) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// cleanConntrack deletes UDP/SCTP flows whose endpoint is gone. It runs
+// after the new rules are in place, so new packets of a deleted flow are
+// DNATed to a live endpoint.
+func (p *Proxier) cleanConntrack(ctx context.Context, state *proxy.State) {
+	start := p.now()
+	logger := klog.FromContext(ctx)
+	flows, err := p.opts.Conntrack.List(p.family)
+	if err != nil && flows == nil {
+		logger.Error(err, "Listing conntrack entries; stale UDP/SCTP flows are not cleaned")
+		return
+	}
+	stale := conntrack.Stale(state, flows)
+	n, err := p.opts.Conntrack.Delete(p.family, stale)
+	if err != nil {
+		logger.Error(err, "Deleting stale conntrack entries", "deleted", n, "stale", len(stale))
+	} else if n > 0 {
+		logger.Info("Deleted stale conntrack entries", "deleted", n)
+	}
+	if m := p.opts.Metrics; m != nil {
+		fam := string(p.family)
+		m.ReconcileConntrackFlowsLatency.WithLabelValues(fam).Observe(p.now().Sub(start).Seconds())
+		m.ReconcileConntrackFlowsDeletedEntriesTotal.WithLabelValues(fam).Add(float64(n))
+	}
 }
