@@ -198,6 +198,7 @@ func (s *ServiceHealthServer) SyncServices(newServices map[types.NamespacedName]
 	for nsn, svc := range s.services {
 		if port, found := newServices[nsn]; !found || port != svc.port {
 			s.logger.V(2).Info("Closing healthcheck", "service", nsn, "port", svc.port)
+			s.closeInstance(nsn, svc)
 			delete(s.services, nsn)
 		}
 	}

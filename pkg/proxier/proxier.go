@@ -272,19 +272,25 @@ func (p *Proxier) Run(ctx context.Context) {
 	}
 }
 
-// checkCanary forces a full sync if someone flushed our tables.
+// checkCanary forces a full sync if someone flushed our tables. Unlike
+// kube-proxy's monitor, which only notices a flush of mangle, every table's
+// canary is checked, so flushing only nat (or deleting one canary) is
+// repaired too.
 func (p *Proxier) checkCanary(ctx context.Context) {
 	if !p.initialized() || p.lastFullSync.IsZero() {
 		return
 	}
-	missing, err := iptables.CanaryMissing(ctx, p.opts.IPTables, rules.ChainCanary, iptables.CanaryTables())
-	if err != nil {
-		p.logger.Error(err, "Checking the canary chains")
-		return
-	}
-	if missing {
-		p.logger.Info("Canary chain is gone: the tables were flushed by someone else; repairing with a full sync")
-		p.needFull.Store(true)
+	for _, table := range iptables.CanaryTables() {
+		missing, err := iptables.CanaryMissing(ctx, p.opts.IPTables, rules.ChainCanary, []iptables.Table{table})
+		if err != nil {
+			p.logger.Error(err, "Checking the canary chain", "table", table)
+			continue
+		}
+		if missing {
+			p.logger.Info("Canary chain is gone: the tables were flushed by someone else; repairing with a full sync", "table", table)
+			p.needFull.Store(true)
+			return
+		}
 	}
 }
 
