@@ -1,0 +1,76 @@
+# iptproxy: short targets that call go and the scripts in hack/.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -o errexit -o nounset -o pipefail -c
+
+GO ?= go
+BIN := bin/iptproxy
+IMAGE ?= iptproxy:dev
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/iptproxy/iptproxy/pkg/version.Version=$(VERSION)
+export IPTPROXY_TOOLS_DIR ?= $(CURDIR)/_output/bin
+
+.PHONY: all build deps tools test unit e2e demo verify fmt vet clean image image-rootfs check-image kind-up kind-down
+
+all: build
+
+## build: compile bin/iptproxy (static)
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/iptproxy
+
+## deps: install the Debian packages the tests and the demo need
+deps:
+	hack/install-deps.sh
+
+## tools: build kube-apiserver, kube-proxy and etcd from the Go module proxy (cached)
+tools:
+	hack/build-tools.sh
+
+## unit: unit and kernel tests (kernel tests need root and skip otherwise)
+unit:
+	$(GO) test -count=1 ./pkg/... ./cmd/...
+
+## e2e: the end-to-end harness: real kube-apiserver, network namespaces, real packets
+e2e: deps tools build
+	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | hack/test-summary.sh
+
+## test: every test: unit, kernel and end to end
+test: deps tools build
+	$(GO) test -count=1 ./pkg/... ./cmd/...
+	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | hack/test-summary.sh
+
+## demo: a local control plane, a two-node namespace cluster, iptproxy, and a load-balanced Service
+demo: deps tools build
+	hack/demo.sh $(DEMO_ARGS)
+
+## image: build the container image with Docker (IMAGE=iptproxy:dev)
+image:
+	docker build -t $(IMAGE) --build-arg VERSION=$(VERSION) .
+
+## image-rootfs: assemble the image's filesystem without Docker (debootstrap, cached in _output/rootfs) and check bin/iptproxy in it
+image-rootfs: build
+	hack/image-rootfs.sh
+
+## check-image: image-rootfs, skipped with a message where it cannot run (not root, no namespaces)
+check-image: build
+	hack/image-rootfs.sh --skip-if-unsupported
+
+## kind-up: a kind cluster without kube-proxy, running iptproxy:dev, smoke-tested
+kind-up:
+	hack/kind-up.sh
+
+## kind-down: delete the kind cluster kind-up made
+kind-down:
+	hack/kind-down.sh
+
+## verify: gofmt, go vet, shellcheck
+verify:
+	hack/verify.sh
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the system packages the end-to-end harness and the demo need:
+# iptables (nft and legacy backends), iproute2 (ip, bridge), conntrack,
+# ncat (handy for poking at Services by hand) and shellcheck.
+# Only packages whose command is missing are installed; safe to rerun.
+set -o errexit -o nounset -o pipefail
+
+# command:package pairs.
+wanted=(
+  iptables:iptables
+  iptables-legacy:iptables
+  ip:iproute2
+  bridge:iproute2
+  conntrack:conntrack
+  ncat:ncat
+  shellcheck:shellcheck
+)
+
+missing=()
+for pair in "${wanted[@]}"; do
+  cmd="${pair%%:*}"
+  pkg="${pair#*:}"
+  if ! command -v "${cmd}" >/dev/null 2>&1 && [[ ! -x "/usr/sbin/${cmd}" && ! -x "/sbin/${cmd}" ]]; then
+    if [[ " ${missing[*]-} " != *" ${pkg} "* ]]; then
+      missing+=("${pkg}")
+    fi
+  fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install-deps: all dependencies present"
+  exit 0
+fi
+
+if [[ "$(id -u)" -ne 0 ]]; then
+  echo "install-deps: missing packages: ${missing[*]}; run as root (or install them) first" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
