@@ -21,9 +21,11 @@ var (
 	ErrChainInUse = errors.New("chain is referenced by rules (too many links)")
 	// ErrChainNotEmpty reports -X for a chain that still has rules.
 	ErrChainNotEmpty = errors.New("chain is not empty (directory not empty)")
-	// ErrBuiltinChain reports an operation that user-defined chains support
-	// and built-in chains do not (deleting, renaming, a user policy).
+	// ErrBuiltinChain reports an operation that built-in chains do not
+	// support (deleting, renaming).
 	ErrBuiltinChain = errors.New("not allowed on a built-in chain")
+	// ErrNoPolicy reports a policy given for a user-defined chain.
+	ErrNoPolicy = errors.New("user-defined chains have no policy")
 	// ErrNoRule reports -D or -C for a rule that is not in the chain, or a
 	// rule number that is out of range.
 	ErrNoRule = errors.New("bad rule (does a matching rule exist in that chain?)")

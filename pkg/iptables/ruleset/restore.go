@@ -41,7 +41,7 @@ func (rs *Ruleset) Restore(payload []byte, noflush bool) error {
 		var line string
 		line, s, _ = strings.Cut(s, "\n")
 		lineNo++
-		trimmed := strings.TrimSpace(line)
+		trimmed := trimSpace(line)
 		if trimmed == "" || trimmed[0] == '#' {
 			continue
 		}
@@ -56,7 +56,7 @@ func (rs *Ruleset) Restore(payload []byte, noflush bool) error {
 				err = fmt.Errorf("expected a *table line: %w", ErrSyntax)
 				break
 			}
-			table = strings.TrimSpace(trimmed[1:])
+			table = trimSpace(trimmed[1:])
 			if table == "" || strings.ContainsAny(table, " \t") {
 				err = fmt.Errorf("bad table name %q: %w", table, ErrSyntax)
 				break
@@ -110,6 +110,9 @@ func (rs *Ruleset) Exec(table string, args ...string) error {
 		if err := checkParam(a); err != nil {
 			return err
 		}
+		if strings.ContainsAny(a, "\n\r") {
+			return fmt.Errorf("argument %q contains a line break: %w", a, ErrSyntax)
+		}
 	}
 	if err := tx.run(&sliceSource{args: args}); err != nil {
 		return fmt.Errorf("iptables -t %s %s: %w", table, JoinArgs(args), err)
@@ -145,10 +148,36 @@ type tx struct {
 	// refs counts the rules that jump to each user-defined chain; it is
 	// built on first use (by -X and -E) and then kept up to date.
 	refs map[string]int
-	// jumpSources are the chains that gained jumps to chains, the only
-	// places where a loop can have been closed.
-	jumpSources map[string]bool
+	// jumpSources are the ids of the chains that gained jumps to chains,
+	// the only places where a loop can have been closed.
+	jumpSources []int32
 	sp          Spec // scratch
+	// last caches the most recently used chain: restore payloads add the
+	// rules of a chain one after the other.
+	last *Chain
+}
+
+func (x *tx) get(name string) *Chain {
+	if x.last != nil && x.last.Name == name {
+		return x.last
+	}
+	c := x.t.chains[name]
+	if c != nil {
+		x.last = c
+	}
+	return c
+}
+
+func (x *tx) put(c *Chain) {
+	x.t.chains[c.Name] = c
+	x.last = c
+}
+
+func (x *tx) del(name string) {
+	delete(x.t.chains, name)
+	if x.last != nil && x.last.Name == name {
+		x.last = nil
+	}
 }
 
 // txToken identifies a transaction; it is never empty so that every
@@ -166,15 +195,15 @@ func (rs *Ruleset) begin(name string, flush bool) (*tx, error) {
 		}
 		x.t, x.fresh = t, true
 	case flush:
-		x.t = &Table{name: name, chains: make(map[string]*Chain)}
+		x.t = &Table{name: name, chains: make(map[string]*Chain), nextID: old.nextID}
 		x.fresh = true
 		for n, c := range old.chains {
 			if c.Builtin {
-				x.t.chains[n] = &Chain{Name: n, Builtin: true, Policy: c.Policy, owner: x.token}
+				x.t.chains[n] = &Chain{Name: n, Builtin: true, Policy: c.Policy, owner: x.token, id: c.id}
 			}
 		}
 	default:
-		x.t = &Table{name: name, chains: maps.Clone(old.chains)}
+		x.t = &Table{name: name, chains: maps.Clone(old.chains), nextID: old.nextID}
 	}
 	return x, nil
 }
@@ -204,15 +233,16 @@ func (x *tx) mut(c *Chain) *Chain {
 	if c.owner == x.token {
 		return c
 	}
-	nc := &Chain{Name: c.Name, Builtin: c.Builtin, Policy: c.Policy, owner: x.token}
+	nc := &Chain{Name: c.Name, Builtin: c.Builtin, Policy: c.Policy, owner: x.token, id: c.id}
 	nc.Rules = make([]*Rule, len(c.Rules), len(c.Rules)+8)
 	copy(nc.Rules, c.Rules)
-	x.t.chains[c.Name] = nc
+	x.put(nc)
 	return nc
 }
 
 func (x *tx) newChain(name string) {
-	x.t.chains[name] = &Chain{Name: name, owner: x.token}
+	x.put(&Chain{Name: name, owner: x.token, id: x.t.nextID})
+	x.t.nextID++
 }
 
 // references returns the reference counts, building them on first use.
@@ -248,11 +278,11 @@ func (x *tx) flush(c *Chain) {
 			x.ref(r, -1)
 		}
 	}
-	x.t.chains[c.Name] = &Chain{Name: c.Name, Builtin: c.Builtin, Policy: c.Policy, owner: x.token}
+	x.put(&Chain{Name: c.Name, Builtin: c.Builtin, Policy: c.Policy, owner: x.token, id: c.id})
 }
 
 func (x *tx) chain(name string) (*Chain, error) {
-	c := x.t.chains[name]
+	c := x.get(name)
 	if c == nil {
 		return nil, fmt.Errorf("chain %q: %w", name, ErrNoChain)
 	}
@@ -277,7 +307,7 @@ func validChainName(name string) error {
 
 // chainLine handles ":CHAIN POLICY [packets:bytes]".
 func (x *tx) chainLine(s string) error {
-	fields := strings.Fields(s)
+	fields := strings.FieldsFunc(s, func(r rune) bool { return r < 0x80 && isSpace(byte(r)) })
 	if len(fields) < 2 || len(fields) > 3 {
 		return fmt.Errorf("bad chain line: %w", ErrSyntax)
 	}
@@ -285,7 +315,7 @@ func (x *tx) chainLine(s string) error {
 	if len(fields) == 3 && !validCounters(fields[2]) {
 		return fmt.Errorf("bad counters %q: %w", fields[2], ErrSyntax)
 	}
-	c := x.t.chains[name]
+	c := x.get(name)
 	if c != nil && c.Builtin {
 		switch policy {
 		case "-":
@@ -299,7 +329,7 @@ func (x *tx) chainLine(s string) error {
 		return nil
 	}
 	if policy != "-" {
-		return fmt.Errorf("can't set policy %q on user-defined chain %q: %w", policy, name, ErrBuiltinChain)
+		return fmt.Errorf("can't set policy %q on chain %q: %w", policy, name, ErrNoPolicy)
 	}
 	if c != nil {
 		x.flush(c)
@@ -489,7 +519,7 @@ func (x *tx) run(src tokenSource) error {
 	}
 	switch cmd {
 	case "-N":
-		if x.t.chains[chain] != nil {
+		if x.get(chain) != nil {
 			return fmt.Errorf("chain %q: %w", chain, ErrChainExists)
 		}
 		if err := validChainName(chain); err != nil {
@@ -529,7 +559,7 @@ func (x *tx) run(src tokenSource) error {
 			return err
 		}
 		if !c.Builtin {
-			return fmt.Errorf("policy on user-defined chain %q: %w", chain, ErrBuiltinChain)
+			return fmt.Errorf("can't set policy %q on chain %q: %w", arg, chain, ErrNoPolicy)
 		}
 		if arg != TargetAccept && arg != TargetDrop {
 			return fmt.Errorf("bad policy %q: %w", arg, ErrSyntax)
@@ -552,11 +582,11 @@ func (x *tx) makeRule(args []string, text string) (*Rule, error) {
 	if sp.Target == "" {
 		return r, nil
 	}
-	if c := x.t.chains[sp.Target]; c != nil {
+	if c := x.get(sp.Target); c != nil {
 		if c.Builtin {
 			return nil, fmt.Errorf("cannot jump to built-in chain %q: %w", sp.Target, ErrNoChain)
 		}
-		r.jumpChain = true
+		r.jumpChain, r.targetID = true, c.id
 		return r, nil
 	}
 	switch {
@@ -631,10 +661,9 @@ func (x *tx) ruleCommand(cmd, chain string, num int, args []string, text string)
 	}
 	x.ref(r, +1)
 	if r.jumpChain {
-		if x.jumpSources == nil {
-			x.jumpSources = map[string]bool{}
+		if n := len(x.jumpSources); n == 0 || x.jumpSources[n-1] != c.id {
+			x.jumpSources = append(x.jumpSources, c.id)
 		}
-		x.jumpSources[chain] = true
 	}
 	return nil
 }
@@ -670,7 +699,7 @@ func (x *tx) deleteChain(name string) error {
 	case len(c.Rules) > 0:
 		return fmt.Errorf("chain %q (%d rules): %w", name, len(c.Rules), ErrChainNotEmpty)
 	}
-	delete(x.t.chains, name)
+	x.del(name)
 	delete(x.refs, name)
 	return nil
 }
@@ -686,7 +715,7 @@ func (x *tx) deleteAllChains() error {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		if n := len(x.t.chains[name].Rules); n > 0 {
+		if n := len(x.get(name).Rules); n > 0 {
 			return fmt.Errorf("chain %q (%d rules): %w", name, n, ErrChainNotEmpty)
 		}
 	}
@@ -706,23 +735,19 @@ func (x *tx) renameChain(oldName, newName string) error {
 	if c.Builtin {
 		return fmt.Errorf("chain %q: %w", oldName, ErrBuiltinChain)
 	}
-	if x.t.chains[newName] != nil {
+	if x.get(newName) != nil {
 		return fmt.Errorf("chain %q: %w", newName, ErrChainExists)
 	}
 	if err := validChainName(newName); err != nil {
 		return err
 	}
 	refs := x.references()
-	nc := &Chain{Name: newName, Rules: slices.Clone(c.Rules), owner: x.token}
-	delete(x.t.chains, oldName)
-	x.t.chains[newName] = nc
+	nc := &Chain{Name: newName, Rules: slices.Clone(c.Rules), owner: x.token, id: c.id}
+	x.del(oldName)
+	x.put(nc)
 	if n := refs[oldName]; n > 0 {
 		refs[newName] = n
 		delete(refs, oldName)
-	}
-	if x.jumpSources[oldName] {
-		x.jumpSources[newName] = true
-		delete(x.jumpSources, oldName)
 	}
 	// Rules follow the renamed chain, as they do in the kernel.
 	for _, ch := range x.t.chains {
@@ -747,29 +772,33 @@ func (x *tx) renameChain(oldName, newName string) error {
 // checkLoops reports jumps that form a loop, which the kernel rejects. The
 // table was loop-free before the transaction, so a loop must pass through
 // one of the chains that gained jumps: searching from those is enough.
-func checkLoops(t *Table, sources map[string]bool) error {
+func checkLoops(t *Table, sources []int32) error {
 	const (
 		unvisited = iota
 		active
 		done
 	)
-	state := make(map[*Chain]uint8)
+	byID := make([]*Chain, t.nextID)
+	for _, c := range t.chains {
+		byID[c.id] = c
+	}
+	state := make([]uint8, t.nextID)
 	type frame struct {
 		chain *Chain
 		next  int
 	}
 	var stack []frame
-	for name := range sources {
-		start := t.chains[name]
-		if start == nil || state[start] != unvisited {
+	for _, id := range sources {
+		start := byID[id]
+		if start == nil || state[id] != unvisited {
 			continue
 		}
-		state[start] = active
+		state[start.id] = active
 		stack = append(stack[:0], frame{chain: start})
 		for len(stack) > 0 {
 			f := &stack[len(stack)-1]
 			if f.next >= len(f.chain.Rules) {
-				state[f.chain] = done
+				state[f.chain.id] = done
 				stack = stack[:len(stack)-1]
 				continue
 			}
@@ -778,15 +807,15 @@ func checkLoops(t *Table, sources map[string]bool) error {
 			if !r.jumpChain {
 				continue
 			}
-			c := t.chains[r.target]
+			c := byID[r.targetID]
 			if c == nil {
 				continue
 			}
-			switch state[c] {
+			switch state[c.id] {
 			case active:
 				return fmt.Errorf("chain %q jumps back to %q: %w", f.chain.Name, r.target, ErrLoop)
 			case unvisited:
-				state[c] = active
+				state[c.id] = active
 				stack = append(stack, frame{chain: c})
 			}
 		}

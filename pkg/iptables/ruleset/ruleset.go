@@ -17,6 +17,7 @@
 package ruleset
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"strings"
@@ -57,6 +58,8 @@ type Ruleset struct {
 type Table struct {
 	name   string
 	chains map[string]*Chain
+	// nextID is the id the next new chain gets.
+	nextID int32
 }
 
 // Chain is a chain of a table.
@@ -74,6 +77,9 @@ type Chain struct {
 	// owner is the transaction that created this version of the chain and
 	// may still modify it.
 	owner *txToken
+	// id identifies the chain within its table; it survives copies and
+	// renames.
+	id int32
 }
 
 // Rule is one rule of a chain.
@@ -87,7 +93,8 @@ type Rule struct {
 
 	target    string
 	isGoto    bool
-	jumpChain bool // target is a user-defined chain
+	jumpChain bool  // target is a user-defined chain
+	targetID  int32 // the id of that chain
 }
 
 // Target returns the argument of the rule's -j or -g ("" if none).
@@ -292,7 +299,8 @@ func newTable(name string) (*Table, error) {
 	}
 	t := &Table{name: name, chains: make(map[string]*Chain, len(builtins))}
 	for _, c := range builtins {
-		t.chains[c] = &Chain{Name: c, Builtin: true, Policy: TargetAccept}
+		t.chains[c] = &Chain{Name: c, Builtin: true, Policy: TargetAccept, id: t.nextID}
+		t.nextID++
 	}
 	return t, nil
 }
@@ -320,21 +328,21 @@ func (rs *Ruleset) Save(table string) []byte {
 	if t == nil {
 		return nil
 	}
-	var b strings.Builder
+	var b bytes.Buffer
 	t.save(&b)
-	return []byte(b.String())
+	return b.Bytes()
 }
 
 // SaveAll renders every table, in the order of Tables.
 func (rs *Ruleset) SaveAll() []byte {
-	var b strings.Builder
+	var b bytes.Buffer
 	for _, t := range rs.tables {
 		t.save(&b)
 	}
-	return []byte(b.String())
+	return b.Bytes()
 }
 
-func (t *Table) save(b *strings.Builder) {
+func (t *Table) save(b *bytes.Buffer) {
 	chains := t.Chains()
 	size := len(t.name) + 16
 	for _, c := range chains {

@@ -93,7 +93,19 @@ func (t *tokenizer) next() (tok string, ok bool, err error) {
 // rest returns the unconsumed remainder of the line, without leading or
 // trailing white space.
 func (t *tokenizer) rest() string {
-	return strings.TrimFunc(t.s[t.i:], func(r rune) bool { return r < 0x80 && isSpace(byte(r)) })
+	return trimSpace(t.s[t.i:])
+}
+
+// trimSpace trims the white space the tokenizer separates arguments with.
+func trimSpace(s string) string {
+	i, j := 0, len(s)
+	for i < j && isSpace(s[i]) {
+		i++
+	}
+	for j > i && isSpace(s[j-1]) {
+		j--
+	}
+	return s[i:j]
 }
 
 func unescapeInto(b *strings.Builder, q string) {
