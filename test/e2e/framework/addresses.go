@@ -68,14 +68,6 @@ func podIPs(i, k int) (netip.Addr, netip.Addr) { return mirror(128+i, 1+k) }
 // externalIPs are the i-th (1..254) external addresses.
 func externalIPs(i int) (netip.Addr, netip.Addr) { return mirror(64, i) }
 
-// nodeNetworkBits is the prefix length of the node network per family.
-func prefixLen(a netip.Addr) int {
-	if a.Is4() {
-		return 24
-	}
-	return 64
-}
-
 // familyOf returns the IP family of an address.
 func familyOf(a netip.Addr) v1.IPFamily {
 	if a.Unmap().Is4() {
