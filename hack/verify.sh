@@ -17,4 +17,5 @@ mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
 if [[ ${#scripts[@]} -gt 0 ]]; then
   shellcheck "${scripts[@]}"
 fi
+hack/verify-manifests.sh
 echo "verify: ok"
