@@ -16,15 +16,12 @@ package healthcheck
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"time"
 )
 
 const (
-	// shutdownTimeout bounds the graceful shutdown of HTTP servers.
-	shutdownTimeout = 5 * time.Second
 	// readHeaderTimeout bounds how long a client may take to send headers.
 	readHeaderTimeout = 10 * time.Second
 )
@@ -65,29 +62,4 @@ func newHTTPServer(ctx context.Context, handler http.Handler) *http.Server {
 		ReadHeaderTimeout: readHeaderTimeout,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
-}
-
-// serveUntilDone serves srv on ln until ctx ends or Serve fails. When ctx
-// ends it shuts srv down, waiting at most shutdownTimeout for open requests,
-// and returns nil.
-func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener) error {
-	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(ln) }()
-
-	select {
-	case err := <-errCh:
-		// Serve only returns early on a real failure: Shutdown and
-		// Close are called below, after ctx ended.
-		return err
-	case <-ctx.Done():
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		_ = srv.Close()
-	}
-	if err := <-errCh; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"net/http"
 
 	"k8s.io/klog/v2"
+
+	"github.com/iptproxy/iptproxy/pkg/httpserve"
 )
 
 // DefaultBindAddress is kube-proxy's default healthzBindAddress.
@@ -54,7 +56,7 @@ func (s *HealthzServer) Serve(ctx context.Context, ln net.Listener) error {
 	logger := klog.FromContext(ctx)
 	addr := ln.Addr().String()
 	logger.V(3).Info("Starting healthz HTTP server", "address", addr)
-	if err := serveUntilDone(ctx, newHTTPServer(ctx, s.Handler()), ln); err != nil {
+	if err := httpserve.UntilDone(ctx, newHTTPServer(ctx, s.Handler()), ln); err != nil {
 		return fmt.Errorf("proxy healthz server on %s: %w", addr, err)
 	}
 	logger.V(3).Info("Stopped healthz HTTP server", "address", addr)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/iptproxy/iptproxy/pkg/httpserve"
 )
 
 const (
@@ -23,8 +25,6 @@ const (
 	// kube-proxy's iptables mode.
 	ProxyMode = "iptables"
 
-	// shutdownTimeout bounds the graceful shutdown when Run's context ends.
-	shutdownTimeout = 5 * time.Second
 	// readHeaderTimeout bounds how long a client may take to send headers.
 	readHeaderTimeout = 10 * time.Second
 )
@@ -147,34 +147,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ReadHeaderTimeout: readHeaderTimeout,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
-	if err := serveUntilDone(ctx, srv, ln); err != nil {
+	if err := httpserve.UntilDone(ctx, srv, ln); err != nil {
 		return fmt.Errorf("metrics server on %s: %w", ln.Addr().String(), err)
 	}
 	logger.V(3).Info("Stopped metrics HTTP server", "address", ln.Addr().String())
-	return nil
-}
-
-// serveUntilDone serves srv on ln until ctx ends or Serve fails. When ctx
-// ends it shuts srv down, waiting at most shutdownTimeout for open requests.
-func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener) error {
-	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(ln) }()
-
-	select {
-	case err := <-errCh:
-		// Serve only returns early on a real failure: Shutdown and
-		// Close are called below, after ctx ended.
-		return err
-	case <-ctx.Done():
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		_ = srv.Close()
-	}
-	if err := <-errCh; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
 	return nil
 }
 
