@@ -305,8 +305,7 @@ func ptrOr[T any](p *T, def T) T {
 	return *p
 }
 
-// healthTimeout is kube-proxy's healthz window: twice the sync period
-// (plus one minimum sync period, which bounds how late a sync may start).
+// healthTimeout is kube-proxy's healthz window: twice the sync period.
 func healthTimeout(cfg *v1alpha1.KubeProxyConfiguration) time.Duration {
 	return 2 * cfg.IPTables.SyncPeriod.Duration
 }

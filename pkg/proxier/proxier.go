@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -179,24 +180,12 @@ func (p *Proxier) OnEndpointSlicesSynced() {
 // a full sync (topology hints and source-range rules depend on them).
 func (p *Proxier) OnNodeUpdate(zone string, nodeIPs []netip.Addr) {
 	p.mu.Lock()
-	changed := p.topologyZone != zone || !equalAddrs(p.nodeIPs, nodeIPs)
+	changed := p.topologyZone != zone || !slices.Equal(p.nodeIPs, nodeIPs)
 	p.topologyZone, p.nodeIPs = zone, nodeIPs
 	p.mu.Unlock()
 	if changed {
 		p.queue()
 	}
-}
-
-func equalAddrs(a, b []netip.Addr) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // LastSync returns the report of the most recent sync.
@@ -342,7 +331,7 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 	p.mu.Unlock()
 	cfg := p.renderer.Config()
 	var changed map[proxy.ServicePortName]bool
-	if cfg.Zone != zone || !equalAddrs(cfg.NodeIPs, nodeIPs) {
+	if cfg.Zone != zone || !slices.Equal(cfg.NodeIPs, nodeIPs) {
 		cfg.Zone, cfg.NodeIPs = zone, nodeIPs
 		p.renderer.SetConfig(cfg)
 	} else {

@@ -52,8 +52,6 @@ func ShouldSkipService(svc *v1.Service) (bool, string) {
 		return true, "headless"
 	case svc.Spec.Type == v1.ServiceTypeExternalName:
 		return true, "ExternalName"
-	case svc.Labels[LabelServiceProxyName] != "":
-		return true, "service-proxy-name label"
 	}
 	if _, ok := svc.Labels[LabelServiceProxyName]; ok {
 		return true, "service-proxy-name label"
