@@ -350,14 +350,22 @@ func statisticProbability(m *ruleset.Match) (float64, error) {
 }
 
 // matchRecent evaluates "-m recent": --set always matches; --rcheck,
-// --update and --remove match when the list is in Packet.Recent (then
-// --seconds and --hitcount are taken to be satisfied).
+// --update and --remove match when the list is in Packet.Recent and, with
+// --seconds N, the source was seen less than N seconds ago
+// (Packet.RecentAge); --hitcount is taken to be satisfied.
 func (t *tracer) matchRecent(m *ruleset.Match) (string, error) {
 	name := "DEFAULT"
 	if o, ok := m.Option("--name"); ok {
 		name = o.Value()
 	}
 	listed := slices.Contains(t.pkt.Recent, name)
+	if o, ok := m.Option("--seconds"); ok && listed {
+		secs, err := strconv.Atoi(o.Value())
+		if err != nil {
+			return "", fmt.Errorf("-m recent --seconds %q: %w", o.Value(), err)
+		}
+		listed = t.pkt.RecentAge < secs
+	}
 	for _, o := range m.Options {
 		var ok bool
 		switch o.Name {

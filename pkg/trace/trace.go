@@ -54,6 +54,10 @@ type Packet struct {
 	// source address, as for a client with session affinity. For other
 	// lists the client is new: --rcheck and --update do not match.
 	Recent []string `json:"recent,omitempty"`
+	// RecentAge is how many seconds ago the source was last seen in the
+	// Recent lists. "--rcheck/--update --seconds N" match only when
+	// RecentAge < N, as xt_recent compares the last-seen time with now-N.
+	RecentAge int `json:"recentAge,omitempty"`
 }
 
 // String renders the packet briefly ("tcp 10.0.0.2 -> 172.30.0.1:80").

@@ -340,6 +340,15 @@ func TestTraceKubeProxyRules(t *testing.T) {
 			want: map[string]float64{"10.180.1.5:80": 1},
 		},
 		{
+			name: "session affinity: a client last seen before the timeout is spread again",
+			pkt: func() Packet {
+				p := fromPod(pod, netip.MustParseAddr("172.30.0.45"), 80)
+				p.Recent, p.RecentAge = []string{"KUBE-SEP-SVC5B"}, 10800
+				return p
+			}(),
+			want: map[string]float64{"10.180.0.5:80": 0.5, "10.180.1.5:80": 0.5},
+		},
+		{
 			name:     "unrelated traffic is forwarded untouched",
 			pkt:      fromPod(pod, netip.MustParseAddr("10.0.0.3"), 80),
 			want:     map[string]float64{"10.0.0.3:80": 1},
