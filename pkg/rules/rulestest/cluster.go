@@ -120,6 +120,10 @@ func (c *Cluster) Sync() {
 	}
 }
 
+// Proxier returns the proxier that syncs the rules, e.g. to feed it from
+// informers.
+func (c *Cluster) Proxier() *proxier.Proxier { return c.proxier }
+
 // Fake returns the fake iptables holding the rules.
 func (c *Cluster) Fake() *iptablestest.Fake { return c.fake }
 

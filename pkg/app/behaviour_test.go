@@ -1,0 +1,172 @@
+package app
+
+import (
+	"context"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/iptproxy/iptproxy/pkg/iptables/kerneltest"
+	"github.com/iptproxy/iptproxy/pkg/proxy"
+	rt "github.com/iptproxy/iptproxy/pkg/rules/rulestest"
+)
+
+const (
+	podA = "10.244.1.5"
+	podB = "10.244.2.5"
+	podC = "10.244.3.5"
+)
+
+func tcpPorts() []discovery.EndpointPort {
+	return []discovery.EndpointPort{rt.SlicePort("p", 8080, v1.ProtocolTCP)}
+}
+
+func labelled(s *discovery.EndpointSlice, key string) *discovery.EndpointSlice {
+	s.Labels[key] = ""
+	return s
+}
+
+// TestInformersIgnoreLabelledObjects feeds the proxier from the informers
+// the daemon uses, over a fake clientset: EndpointSlices labelled headless
+// or service-proxy-name, and Services labelled service-proxy-name, never
+// reach the rules.
+func TestInformersIgnoreLabelledObjects(t *testing.T) {
+	objs := []runtime.Object{
+		rt.Service("ns/a", "172.30.0.1"),
+		rt.Slice("ns/a", "a-1", tcpPorts(), rt.Endpoint(podA, rt.NodeName)),
+		labelled(rt.Slice("ns/a", "a-headless", tcpPorts(), rt.Endpoint(podB, "node-b")), proxy.LabelHeadless),
+		labelled(rt.Slice("ns/a", "a-other", tcpPorts(), rt.Endpoint(podC, "node-c")), proxy.LabelServiceProxyName),
+		rt.Service("ns/b", "172.30.0.2", rt.Label(proxy.LabelServiceProxyName, "other")),
+		rt.Slice("ns/b", "b-1", tcpPorts(), rt.Endpoint(podA, rt.NodeName)),
+		rt.Service("ns/c", "172.30.0.3"),
+		labelled(rt.Slice("ns/c", "c-headless", tcpPorts(), rt.Endpoint(podB, "node-b")), proxy.LabelHeadless),
+	}
+	client := fake.NewClientset(objs...)
+	factory, err := newInformerFactory(client, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := rt.NewCluster(t, rt.DefaultConfig(v1.IPv4Protocol), nil)
+	if err := addHandlers(factory, []EventHandler{c.Proxier()}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	factory.Start(ctx.Done())
+	defer factory.Shutdown() // after cancel: it waits for the informers to stop
+	defer cancel()
+	if !cache.WaitForCacheSync(ctx.Done(), factory.Core().V1().Services().Informer().HasSynced,
+		factory.Discovery().V1().EndpointSlices().Informer().HasSynced) {
+		t.Fatal("informers did not sync")
+	}
+	c.Sync()
+	tests := []struct {
+		name string
+		dst  string
+		want rt.Where
+	}{
+		{"only the unlabelled slice's endpoint", "172.30.0.1:80", rt.Where{podA + ":8080": 1}},
+		{"Service of another proxy is untouched", "172.30.0.2:80", rt.Where{"172.30.0.2:80": 1}},
+		{"Service with only a headless-labelled slice has no endpoints", "172.30.0.3:80", rt.Where{"REJECT": 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := c.Where(rt.In("cni0", "tcp", "10.244.1.7", tt.dst)); !got.Equal(tt.want) {
+				t.Errorf("got %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestNodePortAddressesResolve resolves nodePortAddresses against the
+// addresses of a private network namespace, as the daemon does at start,
+// and checks where NodePort packets go with the result.
+func TestNodePortAddressesResolve(t *testing.T) {
+	nodeIP := netip.MustParseAddr(rt.NodeIP)
+	tests := []struct {
+		name      string
+		addrs     []string
+		wantAddrs []netip.Addr // nil: every local address
+		want      map[string]rt.Where
+	}{
+		{
+			name:      "primary",
+			addrs:     []string{"primary"},
+			wantAddrs: []netip.Addr{nodeIP},
+			want: map[string]rt.Where{
+				rt.NodeIP:   rt.Even(podA+":8080 masq", podB+":8080 masq"),
+				rt.NodeIP2:  {rt.NodeIP2 + ":30080": 1},
+				"127.0.0.1": {"127.0.0.1:30080": 1},
+			},
+		},
+		{
+			name:      "a CIDR holding the second address",
+			addrs:     []string{"192.168.1.0/24"},
+			wantAddrs: []netip.Addr{netip.MustParseAddr(rt.NodeIP2)},
+			want: map[string]rt.Where{
+				rt.NodeIP:  {rt.NodeIP + ":30080": 1},
+				rt.NodeIP2: rt.Even(podA+":8080 masq", podB+":8080 masq"),
+			},
+		},
+		{
+			name:      "loopback and a CIDR holding both node addresses",
+			addrs:     []string{"127.0.0.0/8", "192.168.0.0/16"},
+			wantAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1"), nodeIP, netip.MustParseAddr(rt.NodeIP2)},
+			want: map[string]rt.Where{
+				rt.NodeIP:   rt.Even(podA+":8080 masq", podB+":8080 masq"),
+				rt.NodeIP2:  rt.Even(podA+":8080 masq", podB+":8080 masq"),
+				"127.0.0.1": rt.Even(podA+":8080 masq", podB+":8080 masq"),
+			},
+		},
+		{
+			name:  "only IPv6 CIDRs: every IPv4 address",
+			addrs: []string{"fd00::/8"},
+			want: map[string]rt.Where{
+				rt.NodeIP2:  rt.Even(podA+":8080 masq", podB+":8080 masq"),
+				"127.0.0.1": rt.Even(podA+":8080 masq", podB+":8080 masq"),
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			kerneltest.Enter(t)
+			for _, args := range [][]string{
+				{"link", "set", "lo", "up"},
+				{"addr", "add", rt.NodeIP + "/24", "dev", "lo"},
+				{"addr", "add", rt.NodeIP2 + "/24", "dev", "lo"},
+			} {
+				if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+					t.Fatalf("ip %v: %v: %s", args, err, out)
+				}
+			}
+			logger, _ := ktesting.NewTestContext(t)
+			addrs, matchAll, loopback := nodePortAddresses(logger, expandPrimary(tt.addrs), v1.IPv4Protocol, nodeIP)
+			if matchAll != (tt.wantAddrs == nil) || !slices.Equal(addrs, tt.wantAddrs) {
+				t.Fatalf("nodePortAddresses(%v) = %v (all: %v), want %v", tt.addrs, addrs, matchAll, tt.wantAddrs)
+			}
+			cfg := rt.DefaultConfig(v1.IPv4Protocol)
+			cfg.NodePortAddresses = addrs
+			cfg.LocalhostNodePorts = loopback // --iptables-localhost-nodeports=true
+			c := rt.NewCluster(t, cfg, []string{rt.NodeIP2},
+				rt.Service("ns/np", "172.30.0.4", rt.NodePort(30080)),
+				rt.Slice("ns/np", "np-1", tcpPorts(), rt.Endpoint(podA, rt.NodeName), rt.Endpoint(podB, "node-b")))
+			for dst, want := range tt.want {
+				pkt := rt.In("eth0", "tcp", "203.0.113.50", dst+":30080")
+				if dst == "127.0.0.1" {
+					pkt = rt.Local("tcp", "127.0.0.1", dst+":30080")
+				}
+				if got := c.Where(pkt); !got.Equal(want) {
+					t.Errorf("%s: got %s, want %s", pkt, got, want)
+				}
+			}
+		})
+	}
+}
