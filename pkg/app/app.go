@@ -86,6 +86,7 @@ func Run(ctx context.Context, o *options.Options) error {
 	detectors := localdetect.Resolve(logger, detectCfg, primary, node.podCIDRs)
 
 	m := metrics.New()
+	counters := setupNFAcct(logger, m)
 	health := healthcheck.NewProxyHealth(healthTimeout(cfg), clock.RealClock{}, m)
 	if node.node != nil {
 		health.SyncNode(node.node)
@@ -133,6 +134,9 @@ func Run(ctx context.Context, o *options.Options) error {
 			LocalhostNodePorts:  localhostNP,
 			NodePortAddresses:   npAddrs,
 			ConntrackTCPLiberal: conntrackLiberal(cfg),
+
+			NFAcctLocalhostNodePorts: counters.localhostNodePorts,
+			NFAcctInvalidDropped:     counters.invalidDropped,
 		}
 		sh, err := healthcheck.NewServiceHealthServer(logger, healthcheck.ServiceHealthConfig{
 			NodeName:          nodeName,

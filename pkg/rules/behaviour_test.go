@@ -155,6 +155,19 @@ func TestNodePort(t *testing.T) {
 		{"localhost", fromLoopback("tcp", "127.0.0.1:30080"), bothMasq},
 	})
 
+	// With nfacct counting (kube-proxy's localhost NodePort and INVALID
+	// counters), packets go where they went without.
+	counted := v4
+	counted.NFAcctLocalhostNodePorts = "localhost_nps_accepted_pkts"
+	counted.NFAcctInvalidDropped = "ct_state_invalid_dropped_pkts"
+	c = cluster(t, counted, svc, twoEndpoints("np"))
+	check(t, c, []tcase{
+		{"counted: localhost", fromLoopback("tcp", "127.0.0.1:30080"), bothMasq},
+		{"counted: localhost, another port", fromLoopback("tcp", "127.0.0.1:30081"), untouched("127.0.0.1:30081")},
+		{"counted: node IP", fromOutside("tcp", rt.NodeIP+":30080"), bothMasq},
+		{"counted: cluster IP", fromRemote("tcp", "172.30.0.3:80"), both},
+	})
+
 	// localhost NodePorts turned off (--iptables-localhost-nodeports=false).
 	off := v4
 	off.LocalhostNodePorts = false

@@ -52,6 +52,14 @@ type Config struct {
 	// ConntrackTCPLiberal skips the DROP of INVALID packets, as kube-proxy
 	// does when nf_conntrack_tcp_be_liberal is set.
 	ConntrackTCPLiberal bool
+
+	// NFAcctLocalhostNodePorts and NFAcctInvalidDropped name the nfacct
+	// objects that count localhost NodePort packets and dropped INVALID
+	// packets ("-m nfacct --nfacct-name"), as kube-proxy's rules do; ""
+	// leaves the count out. The objects must exist before the rules are
+	// restored.
+	NFAcctLocalhostNodePorts string
+	NFAcctInvalidDropped     string
 }
 
 func (c *Config) masqMark() string {
@@ -192,7 +200,11 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 
 	var forward []string
 	if !cfg.ConntrackTCPLiberal {
-		forward = append(forward, (&rule{}).match("-m", "conntrack", "--ctstate", "INVALID").jump("DROP").line())
+		invalid := (&rule{}).match("-m", "conntrack", "--ctstate", "INVALID")
+		if cfg.NFAcctInvalidDropped != "" {
+			invalid.match(nfacctMatch(cfg.NFAcctInvalidDropped)...)
+		}
+		forward = append(forward, invalid.jump("DROP").line())
 	}
 	forward = append(forward,
 		(&rule{}).comment("kubernetes forwarding rules").match("-m", "mark", "--mark", mark+"/"+mark).jump("ACCEPT").line(),
@@ -334,6 +346,11 @@ func (r *Renderer) renderServicePort(sp *proxy.ServicePort, eps []*proxy.Endpoin
 	// NodePort.
 	if sp.NodePort != 0 {
 		if cat.HasAny {
+			if cfg.LocalhostNodePorts && !cfg.isIPv6() && cfg.NFAcctLocalhostNodePorts != "" {
+				sr.natNodePorts = append(sr.natNodePorts,
+					(&rule{dst: "127.0.0.0/8", proto: proto}).comment(name).match("-m", proto, "--dport", itoa(sp.NodePort)).
+						match(nfacctMatch(cfg.NFAcctLocalhostNodePorts)...).jump(chains.External).line())
+			}
 			sr.natNodePorts = append(sr.natNodePorts,
 				(&rule{proto: proto}).comment(name).match("-m", proto, "--dport", itoa(sp.NodePort)).jump(chains.External).line())
 		}
@@ -499,6 +516,13 @@ func (r *Renderer) recentMask() string {
 }
 
 func itoa(i int) string { return fmt.Sprint(i) }
+
+// nfacctMatch counts packets in the nfacct object name. iptables-save
+// prints two spaces before the name (libxt_nfacct), and rules are kept in
+// iptables-save's form.
+func nfacctMatch(name string) []string {
+	return []string{"-m", "nfacct", "--nfacct-name", " " + name}
+}
 
 // Payload renders the whole ruleset as iptables-restore input (both
 // tables), as a full sync into empty tables would write it.
