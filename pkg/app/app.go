@@ -97,15 +97,13 @@ func Run(ctx context.Context, o *options.Options) error {
 
 	var proxiers []*proxier.Proxier
 	var svcHealth []*healthcheck.ServiceHealthServer
-	families := []v1.IPFamily{primary, otherFamily(primary)}
+	families, err := servedFamilies(ctx, primary, func(ctx context.Context, fam v1.IPFamily) error {
+		return iptables.Present(ctx, fam, backend)
+	})
+	if err != nil {
+		return err
+	}
 	for _, fam := range families {
-		if err := iptables.Present(ctx, fam, backend); err != nil {
-			if fam == primary {
-				return fmt.Errorf("no iptables support for the primary IP family %s: %w", fam, err)
-			}
-			logger.Info("No iptables support for this IP family; serving the other family only", "ipFamily", fam, "reason", err.Error())
-			continue
-		}
 		ipt, err := iptables.New(fam, backend, iptables.WithLogger(logger))
 		if err != nil {
 			return err
