@@ -209,6 +209,7 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 	}
 	c := cluster(t, v4, lb("198.51.100.0/24"), twoEndpoints("fw"))
 	check(t, c, []tcase{
+		{"node to its own VIP, node IP not in a range", rt.Local("tcp", lbIP, lbIP+":80"), drop},
 		{"allowed source", rt.In("eth0", "tcp", "198.51.100.5", lbIP+":80"), bothMasq},
 		{"other source is dropped", fromOutside("tcp", lbIP+":80"), drop},
 		{"the node is not in the range", fromNode("tcp", lbIP+":80"), drop},
@@ -220,7 +221,9 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 	// The node's IP is in a range: the node reaches the LB IP, and so does
 	// traffic from the LB IP itself (hairpinned by the load balancer).
 	c = cluster(t, v4, lb("198.51.100.0/24", "192.168.0.0/24"), twoEndpoints("fw"))
+	fromVIP := rt.Local("tcp", lbIP, lbIP+":80") // the VIP is a local address
 	check(t, c, []tcase{
+		{"node to its own VIP, source the VIP", fromVIP, bothMasq},
 		{"node IP in range", fromNode("tcp", lbIP+":80"), bothMasq},
 		{"source is the LB IP", rt.In("eth0", "tcp", lbIP, lbIP+":80"), bothMasq},
 		{"allowed source", rt.In("eth0", "tcp", "198.51.100.5", lbIP+":80"), bothMasq},

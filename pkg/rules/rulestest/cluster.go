@@ -112,6 +112,21 @@ func (c *Cluster) Apply(objs ...runtime.Object) {
 	}
 }
 
+// Delete removes Services and EndpointSlices (without syncing).
+func (c *Cluster) Delete(objs ...runtime.Object) {
+	c.t.Helper()
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *v1.Service:
+			c.proxier.OnServiceUpdate(o, nil)
+		case *discovery.EndpointSlice:
+			c.proxier.OnEndpointSliceUpdate(o, true)
+		default:
+			c.t.Fatalf("rulestest: cannot delete %T", o)
+		}
+	}
+}
+
 // Sync writes the rules into the fake, failing the test on error.
 func (c *Cluster) Sync() {
 	c.t.Helper()
