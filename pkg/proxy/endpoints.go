@@ -55,6 +55,11 @@ func parseSlice(slice *discovery.EndpointSlice, family v1.IPFamily, nodeName str
 	}
 	d := &sliceData{}
 	for _, p := range slice.Ports {
+		if p.Name == nil {
+			// As kube-proxy: an unnamed port has the name "", never none.
+			bad("ports.name", "<nil>", "missing")
+			continue
+		}
 		if p.Port == nil || !validPort(*p.Port) {
 			v := "<nil>"
 			if p.Port != nil {
@@ -72,11 +77,7 @@ func parseSlice(slice *discovery.EndpointSlice, family v1.IPFamily, nodeName str
 			bad("ports.protocol", string(*p.Protocol), "unsupported protocol")
 			continue
 		}
-		name := ""
-		if p.Name != nil {
-			name = *p.Name
-		}
-		d.ports = append(d.ports, slicePort{name: name, port: int(*p.Port), protocol: proto})
+		d.ports = append(d.ports, slicePort{name: *p.Name, port: int(*p.Port), protocol: proto})
 	}
 	for i := range slice.Endpoints {
 		ep := &slice.Endpoints[i]

@@ -7,6 +7,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 
 	"github.com/iptproxy/iptproxy/pkg/localdetect"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
@@ -154,9 +155,20 @@ func TestEndpointSelection(t *testing.T) {
 		})
 	}
 
+	// Unnamed ports: the slice's port name is "" (as the EndpointSlice
+	// controller writes it); kube-proxy ignores a slice port with no name
+	// at all.
+	unnamed := rt.Service("ns/un", "172.30.1.21", rt.Ports(rt.Port("", 80, v1.ProtocolTCP, 0)))
+	c := cluster(t, v4, unnamed,
+		rt.Slice("ns/un", "un-1", []discovery.EndpointPort{rt.SlicePort("", 8080, v1.ProtocolTCP)}, rt.Endpoint(podA, rt.NodeName)),
+		rt.Slice("ns/un", "un-2", []discovery.EndpointPort{{Port: ptr.To[int32](8081), Protocol: ptr.To(v1.ProtocolTCP)}}, rt.Endpoint(podB, "node-b")))
+	check(t, c, []tcase{
+		{"unnamed port", fromPod("tcp", "172.30.1.21:80"), rt.Where{a: 1}},
+	})
+
 	// ETP Local falls back to local serving-terminating endpoints when
 	// no local endpoint is ready, though a remote one is.
-	c := cluster(t, v4, rt.Service("ns/fb", "172.30.1.5", rt.NodePort(30092), rt.ExternalLocal(32002)),
+	c = cluster(t, v4, rt.Service("ns/fb", "172.30.1.5", rt.NodePort(30092), rt.ExternalLocal(32002)),
 		rt.Slice("ns/fb", "fb-1", tcpPorts(8080), rt.Endpoint(podA, rt.NodeName, rt.Terminating(true)), rt.Endpoint(podB, "node-b")))
 	check(t, c, []tcase{
 		{"external: the local terminating endpoint", fromOutside("tcp", rt.NodeIP+":30092"), rt.Where{a: 1}},
