@@ -230,10 +230,20 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 		{"other source is dropped", fromOutside("tcp", lbIP+":80"), drop},
 	})
 
-	// A range covering everything is no filter at all.
-	c = cluster(t, v4, lb("0.0.0.0/0"), twoEndpoints("fw"))
+	// A range covering everything is no filter at all; nor are ranges of
+	// the other family only (as in kube-proxy, per family).
+	c = cluster(t, v4, lb("0.0.0.0/0", "198.51.100.0/24"), twoEndpoints("fw"))
 	check(t, c, []tcase{
 		{"0.0.0.0/0 lets everyone in", fromOutside("tcp", lbIP+":80"), bothMasq},
+	})
+	c = cluster(t, v4, lb("2001:db8::/32"), twoEndpoints("fw"))
+	check(t, c, []tcase{
+		{"IPv6 ranges do not filter IPv4", fromOutside("tcp", lbIP+":80"), bothMasq},
+	})
+	c = cluster(t, v4, lb(" 198.51.100.0/24 ", "2001:db8::/32"), twoEndpoints("fw"))
+	check(t, c, []tcase{
+		{"padded range, allowed source", rt.In("eth0", "tcp", "198.51.100.5", lbIP+":80"), bothMasq},
+		{"padded range, other source", fromOutside("tcp", lbIP+":80"), drop},
 	})
 }
 
