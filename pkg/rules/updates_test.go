@@ -1,6 +1,7 @@
 package rules_test
 
 import (
+	"fmt"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -95,4 +96,20 @@ func TestSameNodePortNumberTCPAndUDP(t *testing.T) {
 		{"tcp NodePort", fromOutside("tcp", rt.NodeIP+":30053"), rt.Where{podA + ":5354 masq": 1}},
 		{"sctp NodePort is untouched", fromOutside("sctp", rt.NodeIP+":30053"), untouched(rt.NodeIP + ":30053")},
 	})
+}
+
+// TestLargeCluster crosses kube-proxy's large-cluster threshold (1000
+// endpoints, when per-endpoint comments are left out): packets still
+// spread evenly over every endpoint.
+func TestLargeCluster(t *testing.T) {
+	const n = 1001
+	var eps []discovery.Endpoint
+	want := rt.Where{}
+	for i := range n {
+		ip := fmt.Sprintf("10.245.%d.%d", i/250, i%250+1)
+		eps = append(eps, rt.Endpoint(ip, "node-b"))
+		want[ip+":8080"] = 1.0 / n
+	}
+	c := cluster(t, v4, rt.Service("ns/big", "172.30.3.1"), rt.Slice("ns/big", "big-1", tcpPorts(8080), eps...))
+	check(t, c, []tcase{{"spread over every endpoint", fromPod("tcp", "172.30.3.1:80"), want}})
 }
