@@ -266,12 +266,14 @@ func TestLocalTrafficDetection(t *testing.T) {
 			{"pod address from another interface is masqueraded", rt.In("eth0", "tcp", client, "172.30.1.12:80"), bothMasq},
 			{"ETP Local, from the bridge: short-circuit", fromPod("tcp", lbIP+":80"), both},
 			{"ETP Local, from eth0", rt.In("eth0", "tcp", client, lbIP+":80"), onlyA},
+			{"from the node itself is masqueraded", fromNode("tcp", "172.30.1.12:80"), bothMasq},
 		}},
 		{"InterfaceNamePrefix", with(localdetect.ByInterfaceNamePrefix("veth")), []tcase{
 			{"from a veth", rt.In("veth1234", "tcp", client, "172.30.1.12:80"), both},
 			{"from eth0 is masqueraded", rt.In("eth0", "tcp", client, "172.30.1.12:80"), bothMasq},
 			{"from cni0 is masqueraded", fromPod("tcp", "172.30.1.12:80"), bothMasq},
 			{"ETP Local, from a veth: short-circuit", rt.In("veth1234", "tcp", client, lbIP+":80"), both},
+			{"from the node itself is masqueraded", fromNode("tcp", "172.30.1.12:80"), bothMasq},
 		}},
 		{"no detection", with(localdetect.NoOp()), []tcase{
 			{"outside to the cluster IP is not masqueraded", fromOutside("tcp", "172.30.1.12:80"), both},
@@ -306,6 +308,8 @@ func TestIPv6(t *testing.T) {
 		rt.Service("ns/v6none", "fd00:30::2"),
 		rt.Service("ns/v6etp", "fd00:30::3", rt.NodePort(30100), rt.ExternalLocal(32005)),
 		rt.Slice("ns/v6etp", "v6etp-1", ports, rt.Endpoint(a6, rt.NodeName), rt.Endpoint(b6, "node-b")),
+		rt.Service("ns/v6fw", "fd00:30::4", rt.LoadBalancer(30101, "2001:db8:1::11"), rt.SourceRanges("2001:db8:50::/48", "198.51.100.0/24")),
+		rt.Slice("ns/v6fw", "v6fw-1", ports, rt.Endpoint(a6, rt.NodeName), rt.Endpoint(b6, "node-b")),
 		// The IPv4 side of the cluster is not this proxier's business.
 		rt.Service("ns/v4", "172.30.1.15"), twoEndpoints("v4"),
 	)
@@ -323,6 +327,8 @@ func TestIPv6(t *testing.T) {
 		{"no endpoints", rt.In("cni0", "tcp", pod6, "[fd00:30::2]:80"), reject},
 		{"ETP Local from outside", rt.In("eth0", "tcp", out6, "["+rt.NodeIP6+"]:30100"), rt.Where{"[" + a6 + "]:8080": 1}},
 		{"ETP Local from a pod", rt.In("cni0", "tcp", pod6, "["+rt.NodeIP6+"]:30100"), both6},
+		{"source range: allowed", rt.In("eth0", "tcp", "2001:db8:50::1", "[2001:db8:1::11]:80"), both6Masq},
+		{"source range: other source dropped", rt.In("eth0", "tcp", out6, "[2001:db8:1::11]:80"), drop},
 	})
 }
 
