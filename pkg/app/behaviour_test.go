@@ -18,6 +18,7 @@ import (
 	"github.com/iptproxy/iptproxy/pkg/iptables/kerneltest"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	rt "github.com/iptproxy/iptproxy/pkg/rules/rulestest"
+	"github.com/iptproxy/iptproxy/pkg/trace"
 )
 
 const (
@@ -127,6 +128,19 @@ func TestNodePortAddressesResolve(t *testing.T) {
 			},
 		},
 		{
+			// As kube-proxy: a loopback CIDR turns localhost NodePorts
+			// (and the anti-martian rule) on even when it holds no
+			// interface address, so no NodePort answers anywhere.
+			name:      "a loopback CIDR without an interface address",
+			addrs:     []string{"127.0.0.2/32"},
+			wantAddrs: []netip.Addr{},
+			want: map[string]rt.Where{
+				rt.NodeIP:   {rt.NodeIP + ":30080": 1},
+				"127.0.0.1": {"127.0.0.1:30080": 1},
+				"martian":   {"DROP": 1},
+			},
+		},
+		{
 			name:  "only IPv6 CIDRs: every IPv4 address",
 			addrs: []string{"fd00::/8"},
 			want: map[string]rt.Where{
@@ -159,9 +173,14 @@ func TestNodePortAddressesResolve(t *testing.T) {
 				rt.Service("ns/np", "172.30.0.4", rt.NodePort(30080)),
 				rt.Slice("ns/np", "np-1", tcpPorts(), rt.Endpoint(podA, rt.NodeName), rt.Endpoint(podB, "node-b")))
 			for dst, want := range tt.want {
-				pkt := rt.In("eth0", "tcp", "203.0.113.50", dst+":30080")
-				if dst == "127.0.0.1" {
+				var pkt trace.Packet
+				switch dst {
+				case "127.0.0.1":
 					pkt = rt.Local("tcp", "127.0.0.1", dst+":30080")
+				case "martian": // the network reaching the node's loopback
+					pkt = rt.In("eth0", "tcp", "203.0.113.50", "127.0.0.1:22")
+				default:
+					pkt = rt.In("eth0", "tcp", "203.0.113.50", dst+":30080")
 				}
 				if got := c.Where(pkt); !got.Equal(want) {
 					t.Errorf("%s: got %s, want %s", pkt, got, want)

@@ -167,7 +167,9 @@ func nodePortAddresses(logger klog.Logger, cidrs []string, family v1.IPFamily, n
 		if proxy.FamilyOf(p.Addr()) != family {
 			continue
 		}
-		if family == v1.IPv4Protocol && p.Contains(netip.MustParseAddr("127.0.0.1")) {
+		// As kube-proxy: a CIDR whose address is a loopback one counts,
+		// even when it does not hold 127.0.0.1.
+		if family == v1.IPv4Protocol && (p.Addr().IsLoopback() || p.Contains(netip.MustParseAddr("127.0.0.1"))) {
 			containsV4Loopback = true
 		}
 		prefixes = append(prefixes, p)
