@@ -1,0 +1,345 @@
+package proxy
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
+	"github.com/iptproxy/iptproxy/pkg/trace"
+	fw "github.com/iptproxy/iptproxy/test/e2e/framework"
+)
+
+// TestSameRulesBehaviourAsKubeProxy runs upstream kube-proxy and then
+// iptproxy on the same node for the same Services, reads back what each
+// left in the kernel (iptables-save, both families) and traces the same
+// packets through both: every packet must go to the same places with the
+// same probabilities, masqueraded alike. The packets are traced, not sent,
+// so every source and destination can be tried.
+func TestSameRulesBehaviourAsKubeProxy(t *testing.T) {
+	kubeProxy := fw.RequireKubeProxy(t)
+	c := fw.NewCluster(t, fw.ClusterOptions{Nodes: 2, DualStack: true})
+	n1, n2 := c.Nodes()[0], c.Nodes()[1]
+	families := c.IPFamilies()
+
+	// Synthetic endpoints: no pod needs to run, only the rules matter.
+	backend := func(n *fw.Node, host int, mutate func(*fw.Backend)) fw.Backend {
+		b := fw.Backend{NodeName: n.Name(), Zone: n.Zone()}
+		for _, p := range n.PodCIDRs() {
+			b.Addresses = append(b.Addresses, nthAddr(p, host))
+		}
+		if mutate != nil {
+			mutate(&b)
+		}
+		return b
+	}
+	a := backend(n1, 50, nil)
+	b := backend(n2, 50, nil)
+	bTerm := backend(n2, 51, func(b *fw.Backend) { b.Terminating = true })
+	aTerm := backend(n1, 52, func(b *fw.Backend) { b.Terminating = true })
+	notReady := backend(n2, 53, func(b *fw.Backend) { b.NotReady = true })
+
+	lbIP := func(i int) string { return c.ExternalIP(v1.IPv4Protocol, i).String() }
+	lbIP6 := func(i int) string { return c.ExternalIP(v1.IPv6Protocol, i).String() }
+	outsideAllowed := nthAddr(netip.MustParsePrefix("198.18.0.0/24"), 151)
+	outsideAllowed6 := nthAddr(netip.MustParsePrefix("fd00:198:18::/64"), 151)
+	type spec struct {
+		name     string
+		mutate   func(*v1.Service)
+		ingress  []v1.LoadBalancerIngress
+		backends []fw.Backend
+	}
+	nodePort := func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort }
+	lb := func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeLoadBalancer }
+	etpLocal := func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal }
+	specs := []spec{
+		{name: "multi", backends: []fw.Backend{a, b, bTerm, notReady}},
+		{name: "np", mutate: func(s *v1.Service) {
+			nodePort(s)
+			s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+			s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](300)}}
+		}, backends: []fw.Backend{a, b}},
+		{name: "np-local", mutate: func(s *v1.Service) { nodePort(s); etpLocal(s) }, backends: []fw.Backend{a, b}},
+		{name: "np-local-remote", mutate: func(s *v1.Service) { nodePort(s); etpLocal(s) }, backends: []fw.Backend{b}},
+		{name: "np-local-terminating", mutate: func(s *v1.Service) { nodePort(s); etpLocal(s) }, backends: []fw.Backend{aTerm, b}},
+		{name: "lb", mutate: func(s *v1.Service) {
+			lb(s)
+			etpLocal(s)
+			s.Spec.LoadBalancerSourceRanges = []string{outsideAllowed.String() + "/32", outsideAllowed6.String() + "/128"}
+		}, ingress: []v1.LoadBalancerIngress{{IP: lbIP(1)}, {IP: lbIP6(1)}}, backends: []fw.Backend{a, b}},
+		{name: "lb-cluster", mutate: func(s *v1.Service) {
+			lb(s)
+			s.Spec.LoadBalancerSourceRanges = []string{"198.18.0.0/24", "fd00:198:18::/64"} // holds the node IPs
+		}, ingress: []v1.LoadBalancerIngress{{IP: lbIP(2)}, {IP: lbIP6(2)}, {IP: lbIP(3), IPMode: ptr.To(v1.LoadBalancerIPModeProxy)}}, backends: []fw.Backend{a, b}},
+		{name: "ext", mutate: func(s *v1.Service) { s.Spec.ExternalIPs = []string{lbIP(4), lbIP6(4)} }, backends: []fw.Backend{a, b}},
+		{name: "itp", mutate: func(s *v1.Service) {
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		}, backends: []fw.Backend{a, b}},
+		{name: "itp-remote", mutate: func(s *v1.Service) {
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		}, backends: []fw.Backend{b}},
+		{name: "empty", mutate: func(s *v1.Service) { nodePort(s); s.Spec.ExternalIPs = []string{lbIP(5)} }},
+		{name: "topo", backends: []fw.Backend{
+			backend(n1, 60, func(b *fw.Backend) { b.HintZones = []string{n1.Zone()} }),
+			backend(n2, 60, func(b *fw.Backend) { b.HintZones = []string{n2.Zone()} }),
+			backend(n2, 61, func(b *fw.Backend) { b.HintZones = []string{n1.Zone()} }),
+		}},
+		{name: "headless", mutate: func(s *v1.Service) { s.Spec.ClusterIP = v1.ClusterIPNone }, backends: []fw.Backend{a}},
+	}
+	var svcs []*v1.Service
+	for _, sp := range specs {
+		var ports []v1.ServicePort
+		for _, p := range fw.Protocols() {
+			ports = append(ports, fw.ServicePort(strings.ToLower(string(p)), p, 80, echoPort))
+		}
+		svc := fw.NewService("default", sp.name, ports...)
+		svc.Spec.IPFamilyPolicy = ptr.To(v1.IPFamilyPolicyPreferDualStack)
+		if sp.mutate != nil {
+			sp.mutate(svc)
+		}
+		svc = c.CreateService(t, svc)
+		if len(sp.ingress) > 0 {
+			svc.Status.LoadBalancer.Ingress = sp.ingress
+			var err error
+			svc, err = c.Client().CoreV1().Services("default").UpdateStatus(t.Context(), svc, metav1.UpdateOptions{})
+			if err != nil {
+				t.Fatalf("setting the load-balancer status of %s: %v", sp.name, err)
+			}
+		}
+		c.SetEndpoints(t, svc, sp.backends...)
+		svcs = append(svcs, svc)
+	}
+
+	// What each proxy leaves in node-1's kernel, once it has synced both
+	// families (its log says so) and every Service shows in the rules.
+	rulesOf := func(binary, syncedLine string) map[v1.IPFamily]*ruleset.Ruleset {
+		t.Helper()
+		d := n1.StartDaemon(t, fw.DaemonOptions{Binary: binary, Args: []string{"--v=2"}})
+		d.WaitHealthy(t, 60*time.Second)
+		out := map[v1.IPFamily]*ruleset.Ruleset{}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			missing := ""
+			if strings.Count(d.Log(), syncedLine) < len(families) {
+				missing = "a sync of every family"
+			}
+			save := n1.IPTablesSave(t, v1.IPv4Protocol, "nat") + n1.IPTablesSave(t, v1.IPv4Protocol, "filter")
+			for _, sp := range specs {
+				if sp.name != "headless" && !strings.Contains(save, "default/"+sp.name+":") {
+					missing = "Service " + sp.name
+				}
+			}
+			if missing == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no %s in the rules after 30s\n%s", d.Name(), missing, d.Log())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		for _, fam := range families {
+			text := n1.IPTablesSave(t, fam, "filter") + n1.IPTablesSave(t, fam, "nat")
+			rs, err := ruleset.Parse([]byte(text))
+			if err != nil {
+				t.Fatalf("parsing %s's %s rules: %v", d.Name(), fam, err)
+			}
+			out[fam] = rs
+		}
+		d.Stop(t)
+		return out
+	}
+	upstream := rulesOf(kubeProxy, "SyncProxyRules complete")
+	// The operator swaps the image: iptproxy starts over kube-proxy's rules.
+	swapped := rulesOf(fw.RequireIPTProxy(t), "Synced rules")
+	// A fresh node: nothing in any table.
+	for _, fam := range families {
+		cmd := "iptables"
+		if fam == v1.IPv6Protocol {
+			cmd = "ip6tables"
+		}
+		for _, table := range []string{"filter", "nat", "mangle"} {
+			n1.Exec(t, cmd, "-t", table, "-F")
+			n1.Exec(t, cmd, "-t", table, "-X")
+		}
+	}
+	fresh := rulesOf(fw.RequireIPTProxy(t), "Synced rules")
+
+	// Node-1's own addresses, for routing and addrtype.
+	node := trace.Node{}
+	for _, line := range strings.Split(n1.Exec(t, "ip", "-o", "addr", "show"), "\n") {
+		f := strings.Fields(line)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "inet" || f[i] == "inet6" {
+				if p, err := netip.ParsePrefix(f[i+1]); err == nil {
+					node.LocalAddrs = append(node.LocalAddrs, p.Addr())
+				}
+			}
+		}
+	}
+
+	for _, run := range []struct {
+		name string
+		ours map[v1.IPFamily]*ruleset.Ruleset
+	}{{"iptproxy swapped in over kube-proxy's rules", swapped}, {"iptproxy on a fresh node", fresh}} {
+		t.Run(run.name, func(t *testing.T) { compareRules(t, n1, n2, node, svcs, upstream, run.ours) })
+	}
+}
+
+// compareRules traces packets from every kind of source to every address
+// of svcs through both rulesets and reports where they differ.
+func compareRules(t *testing.T, n1, n2 *fw.Node, node trace.Node, svcs []*v1.Service, upstream, ours map[v1.IPFamily]*ruleset.Ruleset) {
+	compared, mismatches := 0, 0
+	for fam := range upstream {
+		type source struct {
+			name string
+			pkt  trace.Packet
+		}
+		podCIDR := func(n *fw.Node) netip.Prefix {
+			for _, p := range n.PodCIDRs() {
+				if p.Addr().Is4() == (fam == v1.IPv4Protocol) {
+					return p
+				}
+			}
+			t.Fatalf("no %s pod CIDR on %s", fam, n.Name())
+			return netip.Prefix{}
+		}
+		nodeNet := netip.MustParsePrefix("198.18.0.0/24")
+		if fam == v1.IPv6Protocol {
+			nodeNet = netip.MustParsePrefix("fd00:198:18::/64")
+		}
+		sources := []source{
+			{"local pod", trace.Packet{Src: nthAddr(podCIDR(n1), 77), InInterface: "cbr0"}},
+			{"the endpoint itself", trace.Packet{Src: nthAddr(podCIDR(n1), 50), InInterface: "cbr0"}},
+			{"remote pod", trace.Packet{Src: nthAddr(podCIDR(n2), 77), InInterface: "eth0"}},
+			{"outside", trace.Packet{Src: nthAddr(nodeNet, 150), InInterface: "eth0"}},
+			{"outside, allowed", trace.Packet{Src: nthAddr(nodeNet, 151), InInterface: "eth0"}},
+			{"node", trace.Packet{Src: n1.IP(fam), Local: true}},
+		}
+		// A client every endpoint has seen 10 s ago: session affinity
+		// decides, by the rules' order.
+		known := trace.Packet{Src: nthAddr(podCIDR(n2), 78), InInterface: "eth0", RecentAge: 10}
+		for _, ch := range upstream[fam].Table("nat").Chains() {
+			if strings.HasPrefix(ch.Name, "KUBE-SEP-") {
+				known.Recent = append(known.Recent, ch.Name)
+			}
+		}
+		sources = append(sources, source{"known client", known})
+		if fam == v1.IPv4Protocol {
+			sources = append(sources, source{"loopback", trace.Packet{Src: netip.MustParseAddr("127.0.0.1"), Local: true}})
+		} else {
+			sources = append(sources, source{"loopback", trace.Packet{Src: netip.IPv6Loopback(), Local: true}})
+		}
+		sameFamily := func(s string) (netip.Addr, bool) {
+			a, err := netip.ParseAddr(s)
+			return a, err == nil && a.Is4() == (fam == v1.IPv4Protocol)
+		}
+		var dests []netip.AddrPort
+		var protos []string
+		for _, svc := range svcs {
+			for _, port := range svc.Spec.Ports {
+				var addrs []netip.Addr
+				for _, s := range svc.Spec.ClusterIPs {
+					if a, ok := sameFamily(s); ok {
+						addrs = append(addrs, a)
+					}
+				}
+				for _, s := range svc.Spec.ExternalIPs {
+					if a, ok := sameFamily(s); ok {
+						addrs = append(addrs, a)
+					}
+				}
+				for _, ing := range svc.Status.LoadBalancer.Ingress {
+					if a, ok := sameFamily(ing.IP); ok {
+						addrs = append(addrs, a)
+					}
+				}
+				for _, a := range addrs {
+					dests = append(dests, netip.AddrPortFrom(a, uint16(port.Port)))
+				}
+				if port.NodePort != 0 {
+					dests = append(dests, netip.AddrPortFrom(n1.IP(fam), uint16(port.NodePort)))
+					if fam == v1.IPv4Protocol {
+						dests = append(dests, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port.NodePort)))
+					} else {
+						dests = append(dests, netip.AddrPortFrom(netip.IPv6Loopback(), uint16(port.NodePort)))
+					}
+				}
+			}
+		}
+		dests = append(dests, netip.AddrPortFrom(nthAddr(podCIDR(n2), 50), echoPort))
+		if fam == v1.IPv4Protocol {
+			dests = append(dests, netip.MustParseAddrPort("127.0.0.1:22"))
+		}
+		for _, p := range fw.Protocols() {
+			protos = append(protos, strings.ToLower(string(p)))
+		}
+		slices.SortFunc(dests, func(x, y netip.AddrPort) int { return x.Compare(y) })
+		dests = slices.Compact(dests)
+
+		for _, src := range sources {
+			for _, dst := range dests {
+				for _, proto := range protos {
+					pkt := src.pkt
+					pkt.Protocol, pkt.Dst, pkt.DstPort, pkt.SrcPort = proto, dst.Addr(), int(dst.Port()), 40000
+					if !pkt.Local && node.IsLocal(pkt.Src) {
+						continue
+					}
+					want, werr := trace.Trace(upstream[fam], node, pkt)
+					got, gerr := trace.Trace(ours[fam], node, pkt)
+					if werr != nil || gerr != nil {
+						t.Fatalf("%s: tracing: kube-proxy %v, iptproxy %v", pkt, werr, gerr)
+					}
+					compared++
+					if w, g := where(want), where(got); w != g {
+						mismatches++
+						if mismatches <= 20 {
+							t.Errorf("%s, %s: kube-proxy sends it to %s, iptproxy to %s\n--- kube-proxy:\n%s--- iptproxy:\n%s", src.name, pkt, w, g, want, got)
+						}
+					}
+				}
+			}
+		}
+	}
+	t.Logf("compared %d packets, %d differ", compared, mismatches)
+	if compared < 500 {
+		t.Errorf("only %d packets compared", compared)
+	}
+}
+
+// where summarizes a trace: destinations with probabilities (rounded to
+// 1e-6) and masquerading, sorted.
+func where(r *trace.Result) string {
+	m := map[string]float64{}
+	for i := range r.Outcomes {
+		o := &r.Outcomes[i]
+		k := o.Destination()
+		if o.Verdict == trace.Accept && o.Masqueraded {
+			k += " masq"
+		}
+		m[k] += o.Probability
+	}
+	var parts []string
+	for k, p := range m {
+		parts = append(parts, fmt.Sprintf("%s=%.6f", k, math.Round(p*1e6)/1e6))
+	}
+	sort.Strings(parts)
+	return "{" + strings.Join(parts, ", ") + "}"
+}
+
+// nthAddr returns the address k after the start of prefix p.
+func nthAddr(p netip.Prefix, k int) netip.Addr {
+	a := p.Masked().Addr()
+	for range k {
+		a = a.Next()
+	}
+	return a
+}
