@@ -12,6 +12,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kpv1alpha1 "k8s.io/kube-proxy/config/v1alpha1"
 	"k8s.io/utils/ptr"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
@@ -121,9 +122,9 @@ func TestSameRulesBehaviourAsKubeProxy(t *testing.T) {
 
 	// What each proxy leaves in node-1's kernel, once it has synced both
 	// families (its log says so) and every Service shows in the rules.
-	rulesOf := func(binary, syncedLine string) map[v1.IPFamily]*ruleset.Ruleset {
+	rulesOf := func(binary, syncedLine string, configure func(*kpv1alpha1.KubeProxyConfiguration)) map[v1.IPFamily]*ruleset.Ruleset {
 		t.Helper()
-		d := n1.StartDaemon(t, fw.DaemonOptions{Binary: binary, Args: []string{"--v=2"}})
+		d := n1.StartDaemon(t, fw.DaemonOptions{Binary: binary, Args: []string{"--v=2"}, Configure: configure})
 		d.WaitHealthy(t, 60*time.Second)
 		out := map[v1.IPFamily]*ruleset.Ruleset{}
 		deadline := time.Now().Add(30 * time.Second)
@@ -157,21 +158,19 @@ func TestSameRulesBehaviourAsKubeProxy(t *testing.T) {
 		d.Stop(t)
 		return out
 	}
-	upstream := rulesOf(kubeProxy, "SyncProxyRules complete")
-	// The operator swaps the image: iptproxy starts over kube-proxy's rules.
-	swapped := rulesOf(fw.RequireIPTProxy(t), "Synced rules")
-	// A fresh node: nothing in any table.
-	for _, fam := range families {
-		cmd := "iptables"
-		if fam == v1.IPv6Protocol {
-			cmd = "ip6tables"
-		}
-		for _, table := range []string{"filter", "nat", "mangle"} {
-			n1.Exec(t, cmd, "-t", table, "-F")
-			n1.Exec(t, cmd, "-t", table, "-X")
+	// flush leaves node-1 as fresh as a new node: nothing in any table.
+	flush := func() {
+		for _, fam := range families {
+			cmd := "iptables"
+			if fam == v1.IPv6Protocol {
+				cmd = "ip6tables"
+			}
+			for _, table := range []string{"filter", "nat", "mangle"} {
+				n1.Exec(t, cmd, "-t", table, "-F")
+				n1.Exec(t, cmd, "-t", table, "-X")
+			}
 		}
 	}
-	fresh := rulesOf(fw.RequireIPTProxy(t), "Synced rules")
 
 	// Node-1's own addresses, for routing and addrtype.
 	node := trace.Node{}
@@ -186,11 +185,46 @@ func TestSameRulesBehaviourAsKubeProxy(t *testing.T) {
 		}
 	}
 
-	for _, run := range []struct {
-		name string
-		ours map[v1.IPFamily]*ruleset.Ruleset
-	}{{"iptproxy swapped in over kube-proxy's rules", swapped}, {"iptproxy on a fresh node", fresh}} {
-		t.Run(run.name, func(t *testing.T) { compareRules(t, n1, n2, node, svcs, upstream, run.ours) })
+	configs := []struct {
+		name      string
+		configure func(*kpv1alpha1.KubeProxyConfiguration)
+	}{
+		{"defaults", nil},
+		{"masqueradeAll, masquerade bit 5", func(cfg *kpv1alpha1.KubeProxyConfiguration) {
+			cfg.IPTables.MasqueradeAll = true
+			cfg.IPTables.MasqueradeBit = ptr.To[int32](5)
+		}},
+		{"detect-local NodeCIDR", func(cfg *kpv1alpha1.KubeProxyConfiguration) { cfg.DetectLocalMode = "NodeCIDR" }},
+		{"detect-local BridgeInterface", func(cfg *kpv1alpha1.KubeProxyConfiguration) {
+			cfg.DetectLocalMode = "BridgeInterface"
+			cfg.DetectLocal.BridgeInterface = "cbr0"
+		}},
+		{"detect-local InterfaceNamePrefix", func(cfg *kpv1alpha1.KubeProxyConfiguration) {
+			cfg.DetectLocalMode = "InterfaceNamePrefix"
+			cfg.DetectLocal.InterfaceNamePrefix = "cb"
+		}},
+		{"nodePortAddresses primary", func(cfg *kpv1alpha1.KubeProxyConfiguration) { cfg.NodePortAddresses = []string{"primary"} }},
+		{"nodePortAddresses CIDRs with loopback", func(cfg *kpv1alpha1.KubeProxyConfiguration) {
+			cfg.NodePortAddresses = []string{"198.18.0.0/24", "127.0.0.0/8", "fd00:198:18::/64"}
+		}},
+		{"localhostNodePorts off", func(cfg *kpv1alpha1.KubeProxyConfiguration) { cfg.IPTables.LocalhostNodePorts = ptr.To(false) }},
+	}
+	for i, cfg := range configs {
+		t.Run(cfg.name, func(t *testing.T) {
+			flush()
+			upstream := rulesOf(kubeProxy, "SyncProxyRules complete", cfg.configure)
+			if i == 0 {
+				// The operator swaps the image: iptproxy starts over
+				// kube-proxy's rules.
+				swapped := rulesOf(fw.RequireIPTProxy(t), "Synced rules", cfg.configure)
+				t.Run("swapped in over kube-proxy's rules", func(t *testing.T) {
+					compareRules(t, n1, n2, node, svcs, upstream, swapped)
+				})
+				flush()
+			}
+			fresh := rulesOf(fw.RequireIPTProxy(t), "Synced rules", cfg.configure)
+			t.Run("fresh node", func(t *testing.T) { compareRules(t, n1, n2, node, svcs, upstream, fresh) })
+		})
 	}
 }
 
