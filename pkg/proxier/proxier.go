@@ -416,10 +416,9 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 // built-in chains, and the canaries.
 func (p *Proxier) ensureBase(ctx context.Context) error {
 	ipt := p.opts.IPTables
-	all := jumps()
-	if p.renderer.Config().LocalhostNodePorts && p.family == v1.IPv4Protocol {
-		all = append(all, kubeletJumps()...)
-	}
+	// As kube-proxy: the jumps to kubelet's KUBE-FIREWALL in both families,
+	// whether or not the anti-martian rule is ours to write.
+	all := append(jumps(), kubeletJumps()...)
 	for _, j := range all {
 		if _, err := ipt.EnsureChain(ctx, j.table, j.to); err != nil {
 			return fmt.Errorf("creating chain %s in %s: %w", j.to, j.table, err)

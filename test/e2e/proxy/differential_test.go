@@ -220,8 +220,8 @@ func TestSameRulesBehaviourAsKubeProxy(t *testing.T) {
 				t.Run("swapped in over kube-proxy's rules", func(t *testing.T) {
 					compareRules(t, n1, n2, node, svcs, upstream, swapped)
 				})
-				flush()
 			}
+			flush()
 			fresh := rulesOf(fw.RequireIPTProxy(t), "Synced rules", cfg.configure)
 			t.Run("fresh node", func(t *testing.T) { compareRules(t, n1, n2, node, svcs, upstream, fresh) })
 		})
@@ -231,6 +231,34 @@ func TestSameRulesBehaviourAsKubeProxy(t *testing.T) {
 // compareRules traces packets from every kind of source to every address
 // of svcs through both rulesets and reports where they differ.
 func compareRules(t *testing.T, n1, n2 *fw.Node, node trace.Node, svcs []*v1.Service, upstream, ours map[v1.IPFamily]*ruleset.Ruleset) {
+	// The same per-Service chain names (kube-proxy's hashing) and the same
+	// jumps from the built-in chains, so that iptables-save reads alike.
+	for fam := range upstream {
+		for _, table := range []string{"filter", "nat"} {
+			names := func(rs *ruleset.Ruleset) []string {
+				var out []string
+				for _, ch := range rs.Table(table).Chains() {
+					for _, prefix := range []string{"KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"} {
+						if strings.HasPrefix(ch.Name, prefix) {
+							out = append(out, ch.Name)
+						}
+					}
+					if ch.Builtin {
+						for _, r := range ch.Rules {
+							out = append(out, ch.Name+": "+r.Text)
+						}
+					}
+				}
+				sort.Strings(out)
+				return out
+			}
+			if w, g := names(upstream[fam]), names(ours[fam]); !slices.Equal(w, g) {
+				t.Errorf("%s %s: Service chains or built-in jumps differ\nonly kube-proxy's: %q\nonly iptproxy's:   %q",
+					fam, table, minus(w, g), minus(g, w))
+			}
+		}
+	}
+
 	compared, mismatches := 0, 0
 	for fam := range upstream {
 		type source struct {
@@ -367,6 +395,17 @@ func where(r *trace.Result) string {
 	}
 	sort.Strings(parts)
 	return "{" + strings.Join(parts, ", ") + "}"
+}
+
+// minus returns the elements of a that are not in b.
+func minus(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // nthAddr returns the address k after the start of prefix p.
