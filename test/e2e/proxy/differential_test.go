@@ -122,7 +122,7 @@ func TestSameRulesBehaviourAsKubeProxy(t *testing.T) {
 
 	// What each proxy leaves in node-1's kernel, once it has synced both
 	// families (its log says so) and every Service shows in the rules.
-	rulesOf := func(binary, syncedLine string, configure func(*kpv1alpha1.KubeProxyConfiguration)) map[v1.IPFamily]*ruleset.Ruleset {
+	rulesOf := func(t *testing.T, binary, syncedLine string, configure func(*kpv1alpha1.KubeProxyConfiguration), update func()) map[v1.IPFamily]*ruleset.Ruleset {
 		t.Helper()
 		d := n1.StartDaemon(t, fw.DaemonOptions{Binary: binary, Args: []string{"--v=2"}, Configure: configure})
 		d.WaitHealthy(t, 60*time.Second)
@@ -146,6 +146,36 @@ func TestSameRulesBehaviourAsKubeProxy(t *testing.T) {
 				t.Fatalf("%s: no %s in the rules after 30s\n%s", d.Name(), missing, d.Log())
 			}
 			time.Sleep(200 * time.Millisecond)
+		}
+		// The rules alone: no "# Generated ... on <date>" lines or counters.
+		saveAll := func() string {
+			var b strings.Builder
+			for _, fam := range families {
+				for _, line := range strings.Split(n1.IPTablesSave(t, fam, "filter")+n1.IPTablesSave(t, fam, "nat"), "\n") {
+					if strings.HasPrefix(line, "-A ") {
+						b.WriteString(line + "\n")
+					}
+				}
+			}
+			return b.String()
+		}
+		if update != nil {
+			// Partial syncs: change things while the daemon runs, then wait
+			// for the rules to settle (both proxies' minSyncPeriod is 1s).
+			update()
+			time.Sleep(2500 * time.Millisecond)
+			prev := saveAll()
+			for settled := time.Now().Add(20 * time.Second); ; {
+				time.Sleep(time.Second)
+				cur := saveAll()
+				if cur == prev {
+					break
+				}
+				if time.Now().After(settled) {
+					t.Fatalf("%s: rules still changing 20s after the updates", d.Name())
+				}
+				prev = cur
+			}
 		}
 		for _, fam := range families {
 			text := n1.IPTablesSave(t, fam, "filter") + n1.IPTablesSave(t, fam, "nat")
@@ -212,20 +242,71 @@ func TestSameRulesBehaviourAsKubeProxy(t *testing.T) {
 	for i, cfg := range configs {
 		t.Run(cfg.name, func(t *testing.T) {
 			flush()
-			upstream := rulesOf(kubeProxy, "SyncProxyRules complete", cfg.configure)
+			upstream := rulesOf(t, kubeProxy, "SyncProxyRules complete", cfg.configure, nil)
 			if i == 0 {
 				// The operator swaps the image: iptproxy starts over
 				// kube-proxy's rules.
-				swapped := rulesOf(fw.RequireIPTProxy(t), "Synced rules", cfg.configure)
+				swapped := rulesOf(t, fw.RequireIPTProxy(t), "Synced rules", cfg.configure, nil)
 				t.Run("swapped in over kube-proxy's rules", func(t *testing.T) {
 					compareRules(t, n1, n2, node, svcs, upstream, swapped)
 				})
 			}
 			flush()
-			fresh := rulesOf(fw.RequireIPTProxy(t), "Synced rules", cfg.configure)
+			fresh := rulesOf(t, fw.RequireIPTProxy(t), "Synced rules", cfg.configure, nil)
 			t.Run("fresh node", func(t *testing.T) { compareRules(t, n1, n2, node, svcs, upstream, fresh) })
 		})
 	}
+
+	// Endpoint and Service changes while each proxy runs (partial syncs),
+	// undone before the other proxy's turn.
+	svcByName := map[string]*v1.Service{}
+	for _, svc := range svcs {
+		svcByName[svc.Name] = svc
+	}
+	setEndpoints := func(name string, backends ...fw.Backend) { c.SetEndpoints(t, svcByName[name], backends...) }
+	editService := func(name string, edit func(*v1.Service)) {
+		api := c.Client().CoreV1().Services("default")
+		cur, err := api.Get(t.Context(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		edit(cur)
+		if _, err := api.Update(t.Context(), cur, metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("updating Service %s: %v", name, err)
+		}
+	}
+	a2 := backend(n1, 54, nil)
+	apply := func() {
+		setEndpoints("np", a)
+		setEndpoints("empty", b)
+		setEndpoints("np-local-remote", a, b)
+		setEndpoints("multi", a, a2, bTerm)
+		editService("itp", func(s *v1.Service) { s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyCluster) })
+		editService("lb-cluster", func(s *v1.Service) { s.Spec.LoadBalancerSourceRanges = nil })
+	}
+	revert := func() {
+		setEndpoints("np", a, b)
+		setEndpoints("empty")
+		setEndpoints("np-local-remote", b)
+		setEndpoints("multi", a, b, bTerm, notReady)
+		editService("itp", func(s *v1.Service) { s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal) })
+		editService("lb-cluster", func(s *v1.Service) { s.Spec.LoadBalancerSourceRanges = []string{"198.18.0.0/24", "fd00:198:18::/64"} })
+	}
+	t.Run("after updates", func(t *testing.T) {
+		flush()
+		upstream := rulesOf(t, kubeProxy, "SyncProxyRules complete", nil, apply)
+		revert()
+		flush()
+		ours := rulesOf(t, fw.RequireIPTProxy(t), "Synced rules", nil, apply)
+		revert()
+		// The updates took: the Service that had no endpoints has one.
+		emptyIP := fw.ServiceAddr(svcByName["empty"], v1.IPv4Protocol, 80)
+		pkt := trace.Packet{Protocol: "tcp", Src: nthAddr(n2.PodCIDRs()[0], 77), Dst: emptyIP.Addr(), DstPort: int(emptyIP.Port()), InInterface: "eth0"}
+		if r, err := trace.Trace(upstream[v1.IPv4Protocol], node, pkt); err != nil || r.AllRejected() {
+			t.Fatalf("kube-proxy's rules do not show the updates (%v):\n%s", err, r)
+		}
+		compareRules(t, n1, n2, node, svcs, upstream, ours)
+	})
 }
 
 // compareRules traces packets from every kind of source to every address
