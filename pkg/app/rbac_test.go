@@ -1,5 +1,7 @@
-// Package manifests holds static checks of the deploy/ manifests.
-package manifests
+package app
+
+// A static check of deploy/base/rbac.yaml against what this package does
+// with the API.
 
 import (
 	"bytes"
