@@ -7,15 +7,20 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kpv1alpha1 "k8s.io/kube-proxy/config/v1alpha1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	fw "github.com/iptproxy/iptproxy/test/e2e/framework"
 )
@@ -175,6 +180,53 @@ func TestSecurity(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("runs with only the permissions it uses", func(t *testing.T) {
+		// deploy/base/rbac.yaml's rules minus the Endpoints and ServiceCIDRs
+		// grants kept only for parity with system:node-proxier.
+		role := minimalRole(t)
+		if _, err := c.Client().RbacV1().ClusterRoles().Create(t.Context(), role, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		sa := c.CreateServiceAccount(t, "kube-system", "iptproxy-minimal", role.Name)
+		d2.Stop(t)
+		d3 := n2.StartDaemon(t, fw.DaemonOptions{Binary: fw.RequireIPTProxy(t), Kubeconfig: sa.Kubeconfig, Configure: base})
+		d3.WaitHealthy(t, 60*time.Second)
+		// A Service created now is served: list and watch work.
+		late := fw.NewService("sec", "late", fw.ServicePort("tcp", v1.ProtocolTCP, 80, echoPort))
+		late.Spec.Type = v1.ServiceTypeNodePort
+		late = c.CreateService(t, late)
+		c.SetEndpoints(t, late, pod.Backend())
+		client.WaitForBackends(t, v1.ProtocolTCP, netip.AddrPortFrom(n2.IP(fam), uint16(late.Spec.Ports[0].NodePort)), names(pod), converge)
+		if log := d3.Log(); strings.Contains(log, "forbidden") {
+			t.Errorf("the daemon was refused something with the minimal role:\n%s", log)
+		}
+	})
+}
+
+// minimalRole reads the ClusterRole of deploy/base/rbac.yaml and drops the
+// rules on Endpoints and ServiceCIDRs.
+func minimalRole(t *testing.T) *rbacv1.ClusterRole {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "..", "deploy", "base", "rbac.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _, _ := strings.Cut(string(data), "\n---")
+	var role rbacv1.ClusterRole
+	if err := yaml.UnmarshalStrict([]byte(doc), &role); err != nil {
+		t.Fatalf("parsing the ClusterRole: %v", err)
+	}
+	var kept []rbacv1.PolicyRule
+	for _, r := range role.Rules {
+		r.Resources = slices.DeleteFunc(r.Resources, func(res string) bool { return res == "endpoints" || res == "servicecidrs" })
+		if len(r.Resources) > 0 {
+			kept = append(kept, r)
+		}
+	}
+	role.Rules = kept
+	role.Name = "iptproxy-minimal"
+	return &role
 }
 
 // routeLoopbackTo makes ns send packets for 127.0.0.0/8 out of eth0 via gw
