@@ -14,6 +14,8 @@ import (
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/ptr"
 
+	"github.com/iptproxy/iptproxy/pkg/iptables"
+	"github.com/iptproxy/iptproxy/pkg/iptables/kerneltest"
 	ipttesting "github.com/iptproxy/iptproxy/pkg/iptables/testing"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
 	"github.com/iptproxy/iptproxy/pkg/rules"
@@ -59,6 +61,9 @@ type hostileCase struct {
 	// absent are strings the tables must not hold (for bad parts no
 	// packet can be traced to).
 	absent []string
+	// large marks the cases that take a minute through the real tools on
+	// a loaded machine; the kernel test skips them with -short.
+	large bool
 }
 
 func hSvc(ns, name, clusterIP string, mutate ...func(*v1.Service)) *v1.Service {
@@ -256,6 +261,7 @@ func hostileCases() []hostileCase {
 			services: []*v1.Service{hSvc("ns", "big", "172.30.1.7")},
 			slices:   []*discovery.EndpointSlice{tenThousand},
 			routes:   []hostileRoute{{proto: "tcp", dst: "172.30.1.7", port: 80, wantAny: 10000}},
+			large:    true,
 		},
 		{
 			name:     "duplicate endpoints across slices",
@@ -415,6 +421,63 @@ func TestHostileCorpus(t *testing.T) {
 			if invalid != tc.invalid || noLabel != tc.noLabel {
 				t.Errorf("logged %d invalid parts and %d unlabelled slices over three syncs, want %d and %d",
 					invalid, noLabel, tc.invalid, tc.noLabel)
+			}
+		})
+	}
+}
+
+// TestHostileCorpusKernel restores what the hostile corpus renders with the
+// real iptables-restore (nft backend) in a private network namespace: the
+// fake accepting a payload is only as good as its agreement with the real
+// tools, and names at maximum length, Unicode and quotes in comments and
+// 10,000 endpoints are exactly where they could disagree. A full resync
+// afterwards must write nothing (the kernel prints back what was written).
+func TestHostileCorpusKernel(t *testing.T) {
+	for _, tc := range hostileCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			fam := tc.family
+			if fam == "" {
+				fam = v1.IPv4Protocol
+			}
+			if tc.large && testing.Short() {
+				t.Skip("-short: 10,000 endpoints through the real iptables-restore take a while")
+			}
+			kerneltest.Enter(t)
+			ctx := context.Background()
+			if err := iptables.Present(ctx, fam, iptables.BackendNFT); err != nil {
+				t.Skipf("iptables (nft) not usable here: %v", err)
+			}
+			ipt, err := iptables.New(fam, iptables.BackendNFT)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodeIP := hostileNodeIP
+			if fam == v1.IPv6Protocol {
+				nodeIP = hostileNodeIPv6
+			}
+			logger, _ := ktesting.NewTestContext(t)
+			p := proxier.New(logger, proxier.Options{
+				Rules:      rules.Config{Family: fam, NodeName: "node-a", NodeIPs: []netip.Addr{netip.MustParseAddr(nodeIP)}, MasqueradeBit: 14},
+				SyncPeriod: time.Minute,
+				IPTables:   ipt,
+			})
+			for _, s := range tc.services {
+				p.OnServiceUpdate(nil, s)
+			}
+			for _, s := range tc.slices {
+				p.OnEndpointSliceUpdate(s, false)
+			}
+			p.OnServicesSynced()
+			p.OnEndpointSlicesSynced()
+			if err := p.Sync(ctx); err != nil {
+				t.Fatalf("iptables-restore refused the rendered rules: %v", err)
+			}
+			p.ForceFullSync()
+			if err := p.Sync(ctx); err != nil {
+				t.Fatalf("full resync: %v", err)
+			}
+			if r := p.LastSync(); r.RulesWritten != 0 {
+				t.Errorf("a full resync rewrote %d rules in %v: the kernel does not print back what was rendered", r.RulesWritten, r.ChainsWritten)
 			}
 		})
 	}
