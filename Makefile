@@ -74,3 +74,11 @@ vet:
 
 clean:
 	rm -rf bin
+
+## fuzz: run every fuzz target of the renderer and the restore parser for FUZZTIME each (default 60s)
+FUZZTIME ?= 60s
+.PHONY: fuzz
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzRender$$' -fuzztime $(FUZZTIME) ./pkg/rules/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/iptables/ruleset/
+	$(GO) test -run '^$$' -fuzz '^FuzzRestore$$' -fuzztime $(FUZZTIME) ./pkg/iptables/ruleset/

@@ -85,7 +85,7 @@ func addHandlers(factory informers.SharedInformerFactory, handlers []EventHandle
 		UpdateFunc: func(old, cur any) {
 			o, ok1 := old.(*v1.Service)
 			c, ok2 := cur.(*v1.Service)
-			if ok1 && ok2 {
+			if ok1 && ok2 && !sameVersion(o, c) {
 				for _, h := range handlers {
 					h.OnServiceUpdate(o, c)
 				}
@@ -113,8 +113,8 @@ func addHandlers(factory informers.SharedInformerFactory, handlers []EventHandle
 				}
 			}
 		},
-		UpdateFunc: func(_, cur any) {
-			if s, ok := cur.(*discovery.EndpointSlice); ok {
+		UpdateFunc: func(old, cur any) {
+			if s, ok := cur.(*discovery.EndpointSlice); ok && !sameVersion(old, s) {
 				for _, h := range handlers {
 					h.OnEndpointSliceUpdate(s, false)
 				}
@@ -132,4 +132,16 @@ func addHandlers(factory informers.SharedInformerFactory, handlers []EventHandle
 		},
 	})
 	return err
+}
+
+// sameVersion reports whether an update carries the object the informer
+// already delivered (a periodic resync): nothing changed, so the trackers
+// are not asked to parse it again and its bad parts are not logged again.
+func sameVersion(old, cur any) bool {
+	o, err1 := meta.Accessor(old)
+	c, err2 := meta.Accessor(cur)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return o.GetResourceVersion() != "" && o.GetResourceVersion() == c.GetResourceVersion()
 }

@@ -1,8 +1,31 @@
-// Package conntrack deletes stale UDP and SCTP conntrack entries after
-// endpoints go away, over netlink, as kube-proxy's reconciler does: a flow
-// to a Service address (or NodePort) whose DNAT destination is no longer a
-// serving endpoint would otherwise keep black-holing the client's packets
-// until it times out.
+// Package conntrack deletes stale UDP conntrack entries after endpoints go
+// away, over netlink, as kube-proxy 1.37's reconciler
+// (k8s.io/kubernetes/pkg/proxy/conntrack.CleanStaleEntries) does: a flow to
+// a Service address (or NodePort) whose DNAT destination is no longer a
+// serving endpoint would otherwise keep black-holing the client's packets,
+// since every packet refreshes the entry's timeout.
+//
+// Which entries go follows kube-proxy 1.37 rule for rule:
+//   - only UDP entries; TCP and SCTP entries are never touched (kube-proxy
+//     1.37 dropped SCTP from the reconciler; its own test asserts that SCTP
+//     entries survive);
+//   - an entry whose original destination is a ClusterIP, load-balancer IP
+//     or external IP and port of a UDP Service port, and whose reply source
+//     is not a serving endpoint of that port, is stale; a Service port
+//     without serving endpoints makes every entry to it stale (the REJECT
+//     rule cannot catch flows DNATed before it existed);
+//   - an entry whose original destination port is the NodePort of a UDP
+//     Service port with at least one serving endpoint, and whose reply
+//     source is not one of them, is stale (any destination address: entries
+//     are matched on the port alone, so NodePorts of Services without
+//     endpoints are left alone rather than hit unrelated flows);
+//   - traffic policies, topology and terminating state play no part.
+//
+// One deliberate difference: kube-proxy checks the NodePort rule even for
+// an entry to a Service IP whose endpoint is live, so a live flow to
+// ClusterIP:30001 is deleted when another Service happens to use 30001 as
+// its NodePort. Here an entry that matched a Service IP and port is
+// settled by that match alone.
 package conntrack
 
 import (
@@ -82,13 +105,11 @@ func protoNumber(p v1.Protocol) (uint8, bool) {
 	switch p {
 	case v1.ProtocolUDP:
 		return unix.IPPROTO_UDP, true
-	case v1.ProtocolSCTP:
-		return unix.IPPROTO_SCTP, true
 	}
 	return 0, false
 }
 
-// Stale returns the UDP and SCTP flows of state's Services whose reply
+// Stale returns the UDP flows of state's Services whose reply
 // source is not a serving endpoint of the Service port they were sent to.
 // Flows to anything that is not a Service frontend are never returned.
 func Stale(state *proxy.State, flows []*netlink.ConntrackFlow) []*netlink.ConntrackFlow {

@@ -85,9 +85,9 @@ func parseSlice(slice *discovery.EndpointSlice, family v1.IPFamily, nodeName str
 			bad("endpoints.addresses", "", "empty")
 			continue
 		}
-		ip, ok := ParseIP(ep.Addresses[0])
-		if !ok {
-			bad("endpoints.addresses", ep.Addresses[0], "not an IP address")
+		ip, reason := ParseServingIP(ep.Addresses[0])
+		if reason != "" {
+			bad("endpoints.addresses", ep.Addresses[0], reason)
 			continue
 		}
 		if FamilyOf(ip) != family || (family == v1.IPv6Protocol && strings.Contains(ep.Addresses[0], ".")) {

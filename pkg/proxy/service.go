@@ -35,6 +35,22 @@ func ParseIP(s string) (netip.Addr, bool) {
 	return a, ok
 }
 
+// ParseServingIP parses an address a Service or an endpoint is served on.
+// Beyond ParseIP it refuses IPv4-mapped IPv6 addresses ("::ffff:10.0.0.1"):
+// the API rejects them in new objects, and such an address would land in
+// the IPv6 rules while every packet to it travels as IPv4. reason says why
+// s was refused.
+func ParseServingIP(s string) (ip netip.Addr, reason string) {
+	ip, ok := ParseIP(s)
+	if !ok {
+		return netip.Addr{}, "not an IP address"
+	}
+	if ip.Is4In6() {
+		return netip.Addr{}, "IPv4-mapped IPv6 address"
+	}
+	return ip, ""
+}
+
 // FamilyOf returns the IP family of a.
 func FamilyOf(a netip.Addr) v1.IPFamily {
 	if a.Is4() {
@@ -96,9 +112,9 @@ func ServicePortsFor(svc *v1.Service, family v1.IPFamily) (map[ServicePortName]*
 	}
 	var clusterIP netip.Addr
 	for _, s := range clusterIPs {
-		ip, ok := ParseIP(s)
-		if !ok {
-			bad("spec.clusterIPs", s, "not an IP address")
+		ip, reason := ParseServingIP(s)
+		if reason != "" {
+			bad("spec.clusterIPs", s, reason)
 			continue
 		}
 		if FamilyOf(ip) == family && !clusterIP.IsValid() {
@@ -131,9 +147,9 @@ func ServicePortsFor(svc *v1.Service, family v1.IPFamily) (map[ServicePortName]*
 		}
 	}
 	for _, s := range svc.Spec.ExternalIPs {
-		ip, ok := ParseIP(s)
-		if !ok {
-			bad("spec.externalIPs", s, "not an IP address")
+		ip, reason := ParseServingIP(s)
+		if reason != "" {
+			bad("spec.externalIPs", s, reason)
 			continue
 		}
 		if FamilyOf(ip) == family {
@@ -148,9 +164,9 @@ func ServicePortsFor(svc *v1.Service, family v1.IPFamily) (map[ServicePortName]*
 			if ing.IPMode != nil && *ing.IPMode != v1.LoadBalancerIPModeVIP {
 				continue // Proxy mode: the load balancer delivers to the node
 			}
-			ip, ok := ParseIP(ing.IP)
-			if !ok {
-				bad("status.loadBalancer.ingress.ip", ing.IP, "not an IP address")
+			ip, reason := ParseServingIP(ing.IP)
+			if reason != "" {
+				bad("status.loadBalancer.ingress.ip", ing.IP, reason)
 				continue
 			}
 			if FamilyOf(ip) == family {
