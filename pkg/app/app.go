@@ -36,7 +36,6 @@ import (
 	"github.com/iptproxy/iptproxy/pkg/options"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
-	"github.com/iptproxy/iptproxy/pkg/rules"
 )
 
 // Timeouts for the node's own object at start, as kube-proxy's.
@@ -109,30 +108,15 @@ func Run(ctx context.Context, o *options.Options) error {
 		if err != nil {
 			return err
 		}
-		var zone string
-		if node.node != nil {
-			zone = node.node.Labels[proxy.LabelTopologyZone]
-		}
-		npAddrs, _, npLoopback := nodePortAddresses(logger, expandPrimary(cfg.NodePortAddresses), fam, nodeIPs[fam])
-		localhostNP := fam == v1.IPv4Protocol && cfg.IPTables.LocalhostNodePorts != nil && *cfg.IPTables.LocalhostNodePorts && npLoopback
+		detector := detectors[fam]
+		rcfg := familyRulesConfig(logger, o, NodeFacts{Name: nodeName, Node: node.node, TCPBeLiberal: conntrackLiberal(cfg)},
+			node, fam, nodeIPs[fam], detector)
+		zone, npAddrs, localhostNP := rcfg.Zone, rcfg.NodePortAddresses, rcfg.LocalhostNodePorts
 		if localhostNP {
 			logger.Info("Setting route_localnet=1 to allow node-ports on localhost; to change this either disable iptables.localhostNodePorts (--iptables-localhost-nodeports) or set nodePortAddresses (--nodeport-addresses) to filter loopback addresses")
 			if err := iptables.EnsureSysctl(ctx, "net/ipv4/conf/all/route_localnet", 1); err != nil {
 				return err
 			}
-		}
-		detector := detectors[fam]
-		rcfg := rules.Config{
-			Family:              fam,
-			NodeName:            nodeName,
-			Zone:                zone,
-			NodeIPs:             familyIPs(node.ips, fam),
-			MasqueradeAll:       cfg.IPTables.MasqueradeAll,
-			MasqueradeBit:       int(ptrOr(cfg.IPTables.MasqueradeBit, 14)),
-			LocalTraffic:        rules.LocalTraffic{IfLocal: detector.IfLocal(), IfNotLocal: detector.IfNotLocal()},
-			LocalhostNodePorts:  localhostNP,
-			NodePortAddresses:   npAddrs,
-			ConntrackTCPLiberal: conntrackLiberal(cfg),
 		}
 		sh, err := healthcheck.NewServiceHealthServer(logger, healthcheck.ServiceHealthConfig{
 			NodeName:          nodeName,
