@@ -1,5 +1,7 @@
 // Command iptproxy is a drop-in replacement for kube-proxy's iptables mode.
-// It accepts kube-proxy's flags and KubeProxyConfiguration file.
+// It accepts kube-proxy's flags and KubeProxyConfiguration file. Its first
+// argument may instead name an operator subcommand (show, trace, render,
+// diff; see pkg/cli).
 package main
 
 import (
@@ -18,11 +20,18 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/iptproxy/iptproxy/pkg/app"
+	"github.com/iptproxy/iptproxy/pkg/cli"
 	"github.com/iptproxy/iptproxy/pkg/options"
 	"github.com/iptproxy/iptproxy/pkg/version"
 )
 
 func main() {
+	if len(os.Args) > 1 && cli.IsCommand(os.Args[1]) {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := cli.Run(ctx, cli.DefaultEnv(), os.Args[1:])
+		stop()
+		os.Exit(code)
+	}
 	os.Exit(run(os.Args[1:]))
 }
 

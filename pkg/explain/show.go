@@ -34,9 +34,10 @@ const outsideInterface = "eth0"
 
 // ServiceReport is what show prints for one Service on one node.
 type ServiceReport struct {
-	Service types.NamespacedName `json:"service"`
-	Node    string               `json:"node"`
-	Ports   []PortReport         `json:"ports"`
+	// Service is "namespace/name".
+	Service string       `json:"service"`
+	Node    string       `json:"node"`
+	Ports   []PortReport `json:"ports"`
 }
 
 // PortReport describes one port of a Service in one IP family.
@@ -102,7 +103,7 @@ var ErrServiceNotFound = fmt.Errorf("service not found")
 // family). Endpoint probabilities come from tracing packets through
 // each model's tables.
 func ShowService(models []*Model, nn types.NamespacedName) (*ServiceReport, error) {
-	r := &ServiceReport{Service: nn}
+	r := &ServiceReport{Service: nn.String()}
 	for _, m := range models {
 		r.Node = m.Config.NodeName
 		names := m.State.ServicePortNames(nn)
@@ -198,12 +199,20 @@ func showPort(m *Model, sp *proxy.ServicePort, eps []*proxy.Endpoint) (*PortRepo
 			}
 			prob[t.Destination][i] += t.Probability
 		}
-		for _, o := range res.Outcomes {
-			for _, s := range o.Steps {
-				if s.Chain != "" && !builtinChain(s.Chain) && !seenChain[s.Chain] {
-					seenChain[s.Chain] = true
-					pr.Chains = append(pr.Chains, s.Chain)
-				}
+		// Chains every packet crosses (found by tracing the same packet to
+		// an address no Service has) are not this Service's.
+		common := map[string]bool{}
+		base := e.Packet
+		base.Dst = unusedAddr(cfg.Family)
+		if bres, err := trace.Trace(m.Tables, m.Node, base); err == nil {
+			for _, c := range chainsOf(bres) {
+				common[c] = true
+			}
+		}
+		for _, c := range chainsOf(res) {
+			if !common[c] && !seenChain[c] {
+				seenChain[c] = true
+				pr.Chains = append(pr.Chains, c)
 			}
 		}
 	}
@@ -250,6 +259,32 @@ func protocolName(p v1.Protocol) string {
 		return "sctp"
 	}
 	return "tcp"
+}
+
+// unusedAddr is an address no Service, pod or node has (TEST-NET-1,
+// documentation prefix).
+func unusedAddr(fam v1.IPFamily) netip.Addr {
+	if fam == v1.IPv6Protocol {
+		return netip.MustParseAddr("2001:db8:fffe::1")
+	}
+	return netip.MustParseAddr("192.0.2.254")
+}
+
+// chainsOf lists, in order, the user-defined chains in which a rule
+// matched the packet (chains merely crossed are left out).
+func chainsOf(res *trace.Result) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, o := range res.Outcomes {
+		for _, s := range o.Steps {
+			name := s.Table + "/" + s.Chain
+			if s.Chain != "" && s.Rule > 0 && s.Action != trace.ActionSkip && !builtinChain(s.Chain) && !seen[name] {
+				seen[name] = true
+				out = append(out, name)
+			}
+		}
+	}
+	return out
 }
 
 func builtinChain(c string) bool {
