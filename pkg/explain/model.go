@@ -10,6 +10,7 @@
 package explain
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
@@ -105,6 +106,7 @@ func LoadRules(ctx context.Context, logger klog.Logger, text []byte, cfg rules.C
 	if cfg.Family == v1.IPv6Protocol {
 		fam = ruleset.FamilyIPv6
 	}
+	text = FamilySection(text, cfg.Family)
 	rs, err := ruleset.ParseWith(text, ruleset.Options{Family: fam})
 	if err != nil {
 		return nil, fmt.Errorf("parsing the rules: %w", err)
@@ -134,3 +136,26 @@ func hasBuiltinRules(rs *ruleset.Ruleset) bool {
 
 // FamilyOf returns the IP family of addr.
 func FamilyOf(addr netip.Addr) v1.IPFamily { return proxy.FamilyOf(addr) }
+
+// FamilySection returns the part of text for family when text holds
+// several families in the layout of render and /debug/rules (each
+// payload after a "# IPv4" or "# IPv6" line); otherwise text itself.
+func FamilySection(text []byte, family v1.IPFamily) []byte {
+	var out []byte
+	in, sectioned := false, false
+	for _, line := range bytes.SplitAfter(text, []byte("\n")) {
+		switch h := string(bytes.TrimSpace(line)); h {
+		case "# " + string(v1.IPv4Protocol), "# " + string(v1.IPv6Protocol):
+			sectioned = true
+			in = h == "# "+string(family)
+			continue
+		}
+		if in {
+			out = append(out, line...)
+		}
+	}
+	if !sectioned {
+		return text
+	}
+	return out
+}
