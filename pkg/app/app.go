@@ -36,6 +36,7 @@ import (
 	"github.com/iptproxy/iptproxy/pkg/options"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
+	"github.com/iptproxy/iptproxy/pkg/rules"
 )
 
 // Timeouts for the node's own object at start, as kube-proxy's.
@@ -94,6 +95,7 @@ func Run(ctx context.Context, o *options.Options) error {
 	recorder := broadcaster.NewRecorder(scheme.Scheme, "kube-proxy")
 
 	var proxiers []*proxier.Proxier
+	rulesConfigs := map[v1.IPFamily]rules.Config{}
 	var svcHealth []*healthcheck.ServiceHealthServer
 	families := []v1.IPFamily{primary, otherFamily(primary)}
 	for _, fam := range families {
@@ -112,6 +114,7 @@ func Run(ctx context.Context, o *options.Options) error {
 		rcfg := familyRulesConfig(logger, o, NodeFacts{Name: nodeName, Node: node.node, TCPBeLiberal: conntrackLiberal(cfg)},
 			node, fam, nodeIPs[fam], detector)
 		zone, npAddrs, localhostNP := rcfg.Zone, rcfg.NodePortAddresses, rcfg.LocalhostNodePorts
+		rulesConfigs[fam] = rcfg
 		if localhostNP {
 			logger.Info("Setting route_localnet=1 to allow node-ports on localhost; to change this either disable iptables.localhostNodePorts (--iptables-localhost-nodeports) or set nodePortAddresses (--nodeport-addresses) to filter loopback addresses")
 			if err := iptables.EnsureSysctl(ctx, "net/ipv4/conf/all/route_localnet", 1); err != nil {
@@ -180,7 +183,9 @@ func Run(ctx context.Context, o *options.Options) error {
 
 	healthz := healthcheck.NewHealthzServer(cfg.HealthzBindAddress, health)
 	metricsServer := metrics.NewServer(cfg.MetricsBindAddress, m)
-	if err := mountDebug(metricsServer, o, proxiers); err != nil {
+	servicesDebug := &servicesDebug{logger: logger, proxiers: proxiers, configs: rulesConfigs,
+		services: factory.Core().V1().Services().Lister(), slices: factory.Discovery().V1().EndpointSlices().Lister()}
+	if err := mountDebug(metricsServer, o, proxiers, servicesDebug); err != nil {
 		return err
 	}
 	if cfg.HealthzBindAddress != "" {
