@@ -117,16 +117,19 @@ func checkOutput(out string) error {
 	return nil
 }
 
-// options loads the KubeProxyConfiguration (defaults without --config).
+// options loads the KubeProxyConfiguration as the daemon does (defaults
+// without --config), completed and validated.
 func (s *sourceFlags) options(env Env) (*options.Options, error) {
 	o := options.NewOptions()
 	o.Logger = env.Logger
-	if s.config != "" {
-		cfg, err := options.LoadConfigFile(env.Logger, s.config)
-		if err != nil {
-			return nil, err
-		}
-		o.Config = cfg
+	fs := pflag.NewFlagSet("iptproxy", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	o.ConfigFile = s.config
+	if err := o.Complete(fs); err != nil {
+		return nil, err
+	}
+	if err := o.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
 	}
 	return o, nil
 }

@@ -159,3 +159,8 @@ func FamilySection(text []byte, family v1.IPFamily) []byte {
 	}
 	return out
 }
+
+// Section is FamilySection for strings.
+func Section(text string, family v1.IPFamily) string {
+	return string(FamilySection([]byte(text), family))
+}
