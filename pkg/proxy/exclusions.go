@@ -12,9 +12,11 @@ const (
 	// ScopeAll means no traffic to the Service port reaches the endpoint
 	// from this node.
 	ScopeAll = "all"
-	// ScopeExternal means traffic to the NodePort, load-balancer IPs and
-	// external IPs does not reach the endpoint (externalTrafficPolicy
-	// Local), while ClusterIP traffic may.
+	// ScopeExternal means traffic from outside the cluster to the
+	// NodePort, load-balancer IPs and external IPs does not reach the
+	// endpoint (externalTrafficPolicy Local), while ClusterIP traffic may.
+	// (As in kube-proxy, pods and the node itself reaching those addresses
+	// are sent to the cluster-wide endpoints regardless.)
 	ScopeExternal = "external"
 	// ScopeInternal means ClusterIP traffic does not reach the endpoint
 	// (internalTrafficPolicy Local), while external traffic may.
@@ -54,14 +56,16 @@ func Exclusions(eps []*Endpoint, sp *ServicePort, nodeName, zone string) []Exclu
 		switch {
 		case internalOK && externalOK:
 			continue
-		case !internalOK && externalOK:
+		case !internalOK && (!external || !externalOK):
+			why := internalWhy
+			if external && externalWhy != internalWhy {
+				why = "internal: " + internalWhy + "; external: " + externalWhy
+			}
+			out = append(out, Exclusion{Endpoint: e, Scope: ScopeAll, Reason: why})
+		case !internalOK:
 			out = append(out, Exclusion{Endpoint: e, Scope: ScopeInternal, Reason: internalWhy})
-		case internalOK:
-			out = append(out, Exclusion{Endpoint: e, Scope: ScopeExternal, Reason: externalWhy})
-		case !external || internalWhy == externalWhy:
-			out = append(out, Exclusion{Endpoint: e, Scope: ScopeAll, Reason: internalWhy})
 		default:
-			out = append(out, Exclusion{Endpoint: e, Scope: ScopeAll, Reason: "internal: " + internalWhy + "; external: " + externalWhy})
+			out = append(out, Exclusion{Endpoint: e, Scope: ScopeExternal, Reason: externalWhy})
 		}
 	}
 	return out
