@@ -52,6 +52,9 @@ func WriteService(w io.Writer, r *ServiceReport) error {
 		if p.AffinitySeconds > 0 {
 			affinity += fmt.Sprintf(" (timeout %ds)", p.AffinitySeconds)
 		}
+		if p.Affinity == "ClientIP" {
+			affinity += "; the chances below are for a client's first connection, later ones stick to its endpoint"
+		}
 		fmt.Fprintf(tw, "  Session affinity:\t%s\n", affinity)
 		if p.TopologyMode != "" {
 			fmt.Fprintf(tw, "  Topology:\t%s\n", p.TopologyMode)
