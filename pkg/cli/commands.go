@@ -137,12 +137,26 @@ func runDiff(ctx context.Context, env Env, args []string) error {
 			return err
 		}
 		saves := map[iptables.Table][]byte{}
+		var all []byte
 		for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
 			if saves[t], err = ipt.Save(ctx, t); err != nil {
 				return fmt.Errorf("reading the %s %s table: %w", m.Config.Family, t, err)
 			}
+			all = append(all, saves[t]...)
 		}
-		out = append(out, diffFamily{Family: m.Config.Family, DiffReport: explain.Diff(m.Desired, saves)})
+		d := explain.Diff(m.Desired, saves)
+		kernel, err := ruleset.ParseWith(all, ruleset.Options{Family: rulesetFamily(m.Config.Family)})
+		if err != nil {
+			return fmt.Errorf("parsing the kernel's %s rules: %w", m.Config.Family, err)
+		}
+		base, err := explain.BaseTables(ctx, env.Logger, m.Config)
+		if err != nil {
+			return err
+		}
+		if err := d.CheckJumps(base.Ruleset(), kernel); err != nil {
+			return err
+		}
+		out = append(out, diffFamily{Family: m.Config.Family, DiffReport: d})
 	}
 	if src.output == "json" {
 		return explain.WriteJSON(env.Stdout, out)
@@ -327,11 +341,7 @@ func liveRules(ctx context.Context, env Env, backendFlag string, family v1.IPFam
 		}
 		text = append(text, save...)
 	}
-	fam := ruleset.FamilyIPv4
-	if family == v1.IPv6Protocol {
-		fam = ruleset.FamilyIPv6
-	}
-	rs, err := ruleset.ParseWith(text, ruleset.Options{Family: fam})
+	rs, err := ruleset.ParseWith(text, ruleset.Options{Family: rulesetFamily(family)})
 	if err != nil {
 		return nil, trace.Node{}, fmt.Errorf("parsing the kernel's rules: %w", err)
 	}
@@ -348,4 +358,11 @@ func liveRules(ctx context.Context, env Env, backendFlag string, family v1.IPFam
 		}
 	}
 	return rs, node, nil
+}
+
+func rulesetFamily(f v1.IPFamily) ruleset.Family {
+	if f == v1.IPv6Protocol {
+		return ruleset.FamilyIPv6
+	}
+	return ruleset.FamilyIPv4
 }

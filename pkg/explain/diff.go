@@ -1,9 +1,11 @@
 package explain
 
 import (
+	"fmt"
 	"slices"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
+	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
 	"github.com/iptproxy/iptproxy/pkg/planner"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 )
@@ -16,6 +18,11 @@ type DiffReport struct {
 	Rules int `json:"rulesWritten"`
 	// Payload is the restore payload the daemon would apply.
 	Payload string `json:"payload,omitempty"`
+	// MissingJumps lists the rules in built-in chains that send packets to
+	// iptproxy's chains and are missing from the kernel ("nat PREROUTING:
+	// -m comment ... -j KUBE-SERVICES"); the daemon restores them on its
+	// next full sync.
+	MissingJumps []string `json:"missingJumps,omitempty"`
 }
 
 // TableDiff lists the chains of one table that would change.
@@ -36,7 +43,26 @@ type RuleDiff struct {
 }
 
 // Empty reports whether nothing would change.
-func (d *DiffReport) Empty() bool { return len(d.Tables) == 0 }
+func (d *DiffReport) Empty() bool { return len(d.Tables) == 0 && len(d.MissingJumps) == 0 }
+
+// CheckJumps sets MissingJumps: the rules of the built-in chains of base
+// (the tables a daemon sets up, see BaseTables) that kernel lacks.
+func (d *DiffReport) CheckJumps(base, kernel *ruleset.Ruleset) error {
+	for _, table := range []string{"filter", "nat"} {
+		for _, chain := range []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"} {
+			for _, r := range base.ChainRules(table, chain) {
+				ok, err := kernel.HasRule(table, chain, r.Args...)
+				if err != nil {
+					return fmt.Errorf("checking %s %s: %w", table, chain, err)
+				}
+				if !ok {
+					d.MissingJumps = append(d.MissingJumps, table+" "+chain+": "+r.Text)
+				}
+			}
+		}
+	}
+	return nil
+}
 
 // Diff plans, with the daemon's planner, the change from the tables in
 // saves (iptables-save output per table) to desired, as a full sync would.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/iptproxy/iptproxy/pkg/explain"
 	"github.com/iptproxy/iptproxy/pkg/iptables"
+	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 	"github.com/iptproxy/iptproxy/pkg/trace"
 )
@@ -313,6 +314,37 @@ func TestDiff(t *testing.T) {
 			}
 			if d2 := explain.Diff(m.Desired, saves); !d2.Empty() {
 				t.Errorf("after applying the diff, still: %+v", d2.Tables)
+			}
+		})
+	}
+}
+
+func TestDiffJumps(t *testing.T) {
+	logger, ctx := ktesting.NewTestContext(t)
+	m := fixtureModel(t)
+	base, err := explain.BaseTables(ctx, logger, m.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onlyChains, err := ruleset.ParseWith(m.Payload(), ruleset.Options{Family: ruleset.FamilyIPv4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		kernel  *ruleset.Ruleset
+		missing bool
+	}{
+		{"node synced by the daemon", m.Tables, false},
+		{"chains without the jumps to them", onlyChains, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &explain.DiffReport{}
+			if err := d.CheckJumps(base.Ruleset(), tc.kernel); err != nil {
+				t.Fatal(err)
+			}
+			if (len(d.MissingJumps) > 0) != tc.missing || d.Empty() == tc.missing {
+				t.Errorf("missing jumps %q, want some: %v", d.MissingJumps, tc.missing)
 			}
 		})
 	}

@@ -166,6 +166,9 @@ func WriteDiff(w io.Writer, d *DiffReport) error {
 		_, err := fmt.Fprintln(w, "No changes: the kernel holds what the daemon would write.")
 		return err
 	}
+	for _, j := range d.MissingJumps {
+		fmt.Fprintf(w, "missing jump in %s\n", j)
+	}
 	for _, t := range d.Tables {
 		fmt.Fprintf(w, "table %s:\n", t.Table)
 		for _, c := range t.Added {
