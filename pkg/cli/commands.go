@@ -192,6 +192,7 @@ type traceFlags struct {
 	rulesFile                string
 	fromAPI                  bool
 	backend                  string
+	misses                   bool
 }
 
 func runTrace(ctx context.Context, env Env, args []string) error {
@@ -210,6 +211,7 @@ func runTrace(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&tf.rulesFile, "rules", "", "trace through the rules in this file instead of the kernel's")
 	fs.BoolVar(&tf.fromAPI, "from-api", false, "trace through the rules rendered from the API server's objects")
 	fs.StringVar(&tf.backend, "backend", "", "iptables backend of the live rules: nft or legacy (default: detected)")
+	fs.BoolVar(&tf.misses, "misses", false, "also list every rule that did not match, with the condition that failed")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -256,7 +258,7 @@ func runTrace(ctx context.Context, env Env, args []string) error {
 	if tf.inIface == "" && node.IsLocal(pkt.Src) {
 		pkt.Local = true
 	}
-	r, err := explain.Trace(rs, node, pkt)
+	r, err := explain.TraceWithOptions(rs, node, pkt, trace.Options{Misses: tf.misses})
 	if err != nil {
 		return err
 	}

@@ -61,7 +61,13 @@ type Path struct {
 
 // Trace traces pkt through rs on node and summarises the result.
 func Trace(rs *ruleset.Ruleset, node trace.Node, pkt trace.Packet) (*TraceReport, error) {
-	res, err := trace.Trace(rs, node, pkt)
+	return TraceWithOptions(rs, node, pkt, trace.Options{})
+}
+
+// TraceWithOptions is Trace with tracer options (e.g. Misses, to list
+// every rule that did not match and why).
+func TraceWithOptions(rs *ruleset.Ruleset, node trace.Node, pkt trace.Packet, opts trace.Options) (*TraceReport, error) {
+	res, err := trace.TraceWithOptions(rs, node, pkt, opts)
 	if err != nil {
 		return nil, fmt.Errorf("tracing %s: %w", pkt, err)
 	}
