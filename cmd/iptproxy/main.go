@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -44,6 +45,11 @@ func run(args []string) int {
 	klog.InitFlags(klogFlags)
 	fs.AddGoFlagSet(klogFlags)
 	showVersion := fs.Bool("version", false, "Print version information and quit")
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: iptproxy [flags]          run the proxy (kube-proxy's flags)\n"+
+			"       iptproxy %s ...  explain the rules (see \"iptproxy COMMAND --help\")\n\nFlags:\n%s",
+			strings.Join(cli.Commands, "|"), fs.FlagUsages())
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
