@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,6 +37,9 @@ func TestExplain(t *testing.T) {
 	}
 	remote := n2.AddPod(t, "remote")
 	remote.StartEcho(t, fw.EchoOn(echoPort))
+	near := n1.AddPod(t, "near")
+	near.StartEcho(t, fw.EchoOn(echoPort))
+	client := c.AddClient(t, "outside")
 	d := n1.StartDaemon(t, fw.DaemonOptions{Binary: bin, Configure: func(cfg *kpv1alpha1.KubeProxyConfiguration) {
 		cfg.IPTables.SyncPeriod = metav1.Duration{Duration: 3 * time.Second}
 		cfg.IPTables.MinSyncPeriod = metav1.Duration{Duration: 0}
@@ -59,17 +63,23 @@ func TestExplain(t *testing.T) {
 		return nil
 	})
 
-	traceLive := func(t *testing.T, dst string) *explain.TraceReport {
+	// traceFrom runs "iptproxy trace" in node-1's namespace on its live
+	// rules; extra adds --in-interface for arriving packets.
+	traceFrom := func(t *testing.T, src, dst string, dport int, extra ...string) *explain.TraceReport {
 		t.Helper()
-		out := n1.Exec(t, bin, "trace", "-o", "json", "--src", n1.IP(v4).String(), "--dst", dst, "--dport", "80", "--proto", "tcp")
+		args := append([]string{"trace", "--src", src, "--dst", dst, "--dport", fmt.Sprint(dport), "--proto", "tcp"}, extra...)
+		out := n1.Exec(t, bin, append(args, "-o", "json")...)
 		var r explain.TraceReport
 		if err := json.Unmarshal([]byte(out), &r); err != nil {
 			t.Fatalf("trace -o json: %v\n%s", err, out)
 		}
 		// The text form, for people (and the docs' examples).
-		t.Logf("iptproxy trace --src %s --dst %s --dport 80:\n%s", n1.IP(v4), dst,
-			n1.Exec(t, bin, "trace", "--src", n1.IP(v4).String(), "--dst", dst, "--dport", "80"))
+		t.Logf("iptproxy %s:\n%s", strings.Join(args, " "), n1.Exec(t, bin, args...))
 		return &r
+	}
+	traceLive := func(t *testing.T, dst string) *explain.TraceReport {
+		t.Helper()
+		return traceFrom(t, n1.IP(v4).String(), dst, 80)
 	}
 
 	t.Run("trace on the live rules agrees with real packets", func(t *testing.T) {
@@ -86,6 +96,53 @@ func TestExplain(t *testing.T) {
 		r = traceLive(t, remote.IP(v4).String())
 		if r.Verdict != explain.VerdictNotService {
 			t.Errorf("trace to the pod itself: verdict %q, want %q", r.Verdict, explain.VerdictNotService)
+		}
+	})
+
+	t.Run("trace agrees with real packets: two endpoints, pod source, Local NodePort", func(t *testing.T) {
+		two := c.CreateService(t, fw.NewService("default", "two", tcpPort))
+		c.SetEndpoints(t, two, near.Backend(), remote.Backend())
+		twoAddr := fw.ServiceAddr(two, v4, 80)
+		seen := n1.WaitForBackends(t, v1.ProtocolTCP, twoAddr, []string{near.Name(), remote.Name()}, converge)
+		r := traceFrom(t, n1.IP(v4).String(), twoAddr.Addr().String(), 80)
+		want := map[string]bool{fmt.Sprintf("%s:%d", near.IP(v4), echoPort): true, fmt.Sprintf("%s:%d", remote.IP(v4), echoPort): true}
+		if r.Verdict != explain.VerdictAccepted || len(r.Targets) != 2 {
+			t.Fatalf("trace to %s: %q %+v; real packets reached %v", twoAddr, r.Verdict, r.Targets, seen)
+		}
+		for _, tg := range r.Targets {
+			if !want[tg.Destination] || tg.Probability < 0.4999 || tg.Probability > 0.5001 {
+				t.Errorf("target %+v; want each of %v at 0.5", tg, want)
+			}
+		}
+
+		// From a pod (arriving on the pod bridge): the trace says the
+		// source is kept, and the remote endpoint sees the pod's address.
+		r = traceFrom(t, near.IP(v4).String(), oneAddr.Addr().String(), 80, "--in-interface", "cbr0")
+		if len(r.Targets) != 1 || r.Targets[0].Masqueraded != 0 {
+			t.Errorf("trace from pod %s: %+v, want one unmasqueraded target", near.Name(), r.Targets)
+		}
+		if reply := near.MustRequest(t, v1.ProtocolTCP, oneAddr); reply.Source.Addr() != near.IP(v4) {
+			t.Errorf("remote endpoint saw source %v, the trace says unmasqueraded (%v)", reply.Source.Addr(), near.IP(v4))
+		}
+
+		// externalTrafficPolicy Local on node-1, whose pod is not a
+		// backend: the trace says dropped, and a real client gets nothing.
+		local := fw.NewService("default", "np-local", tcpPort)
+		local.Spec.Type = v1.ServiceTypeNodePort
+		local.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		local = c.CreateService(t, local)
+		c.SetEndpoints(t, local, remote.Backend())
+		np := int(local.Spec.Ports[0].NodePort)
+		fw.Eventually(t, converge, func(context.Context) error {
+			if r := traceFrom(t, client.IP(v4).String(), n1.IP(v4).String(), np, "--in-interface", "eth0"); r.Verdict != explain.VerdictDropped {
+				return fmt.Errorf("trace of the Local NodePort from outside: %q %+v, want dropped", r.Verdict, r.Targets)
+			}
+			return nil
+		})
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		if reply, err := client.Request(ctx, v1.ProtocolTCP, netip.AddrPortFrom(n1.IP(v4), uint16(np))); err == nil {
+			t.Errorf("the trace says dropped, but the client got an answer from %s", reply.Name)
 		}
 	})
 
