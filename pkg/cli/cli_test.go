@@ -151,3 +151,137 @@ func TestUsageErrors(t *testing.T) {
 		t.Errorf("missing Service: exit %d, %q", code, stderr)
 	}
 }
+
+const features = "../explain/testdata/features.yaml"
+
+// TestShowFeatures checks show's report for source ranges, external IPs,
+// affinity, topology hints, internalTrafficPolicy Local and dual-stack.
+func TestShowFeatures(t *testing.T) {
+	type port struct {
+		family   string
+		entries  map[string]string  // kind -> verdict
+		use      map[string]float64 // endpoint -> probability (every entry)
+		leftOut  map[string]string  // endpoint -> reason
+		affinity string
+	}
+	tests := []struct {
+		svc   string
+		ports []port
+	}{
+		{"f/lb", []port{{family: "IPv4", affinity: "ClientIP",
+			entries: map[string]string{"ClusterIP": "accepted", "NodePort": "accepted", "LoadBalancer": "accepted", "ExternalIP": "accepted"},
+			use:     map[string]float64{"10.244.1.1:8080": 0.5, "10.244.2.1:8080": 0.5}}}},
+		{"f/zoned", []port{{family: "IPv4", affinity: "None",
+			entries: map[string]string{"ClusterIP": "accepted"},
+			use:     map[string]float64{"10.244.1.2:8080": 0.5, "10.244.3.2:8080": 0.5},
+			leftOut: map[string]string{"10.244.4.2:8080": "topology: hinted for zone zone-b, not this node's zone (zone-a)"}}}},
+		{"f/itp", []port{{family: "IPv4", affinity: "None",
+			entries: map[string]string{"ClusterIP": "accepted"},
+			use:     map[string]float64{"10.244.1.3:8080": 1},
+			leftOut: map[string]string{"10.244.2.3:8080": "on node node-b, not this node; internalTrafficPolicy is Local"}}}},
+		{"f/dual", []port{
+			{family: "IPv4", affinity: "None", entries: map[string]string{"ClusterIP": "accepted"}, use: map[string]float64{"10.244.2.4:8080": 1}},
+			{family: "IPv6", affinity: "None", entries: map[string]string{"ClusterIP": "accepted"}, use: map[string]float64{"[fd00:244:2::4]:8080": 0.5, "[fd00:244:3::4]:8080": 0.5}},
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.svc, func(t *testing.T) {
+			code, out, stderr := run(t, "show", "service", tc.svc, "-f", features, "--node", "node-a", "-o", "json")
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			var r explain.ServiceReport
+			if err := json.Unmarshal([]byte(out), &r); err != nil {
+				t.Fatal(err)
+			}
+			if len(r.Ports) != len(tc.ports) {
+				t.Fatalf("%d ports, want %d: %s", len(r.Ports), len(tc.ports), out)
+			}
+			for i, want := range tc.ports {
+				p := r.Ports[i]
+				if string(p.Family) != want.family || p.Affinity != want.affinity {
+					t.Errorf("port %d: family %s affinity %s, want %s %s", i, p.Family, p.Affinity, want.family, want.affinity)
+				}
+				if len(p.Entries) != len(want.entries) {
+					t.Errorf("entries %+v, want %v", p.Entries, want.entries)
+				}
+				for _, e := range p.Entries {
+					if want.entries[e.Kind] != e.Verdict {
+						t.Errorf("entry %s %s: %q, want %q", e.Kind, e.Address, e.Verdict, want.entries[e.Kind])
+					}
+				}
+				if len(p.Endpoints) != len(want.use) {
+					t.Errorf("endpoints %+v, want %v", p.Endpoints, want.use)
+				}
+				for _, ep := range p.Endpoints {
+					for j, pr := range ep.Probability {
+						if math.Abs(pr-want.use[ep.Address]) > 1e-6 {
+							t.Errorf("%s via %s: %v, want %v", ep.Address, p.Entries[j].Kind, pr, want.use[ep.Address])
+						}
+					}
+				}
+				if len(p.LeftOut) != len(want.leftOut) {
+					t.Errorf("left out %+v, want %v", p.LeftOut, want.leftOut)
+				}
+				for _, l := range p.LeftOut {
+					if want.leftOut[l.Address] != l.Reason {
+						t.Errorf("left out %s: %q, want %q", l.Address, l.Reason, want.leftOut[l.Address])
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestTraceFeatures traces through the rendered features fixture, reloaded
+// from render's two-family output: the family comes from --dst.
+func TestTraceFeatures(t *testing.T) {
+	code, payload, stderr := run(t, "render", "-f", features, "--node", "node-a")
+	if code != 0 {
+		t.Fatalf("render: exit %d: %s", code, stderr)
+	}
+	rulesFile := filepath.Join(t.TempDir(), "rules")
+	if err := os.WriteFile(rulesFile, []byte(payload), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		verdict string
+		dests   map[string]float64
+	}{
+		{"IPv6 ClusterIP", []string{"--src", "fd00::1", "--dst", "fd00:30::4", "--dport", "80"},
+			explain.VerdictAccepted, map[string]float64{"[fd00:244:2::4]:8080": 0.5, "[fd00:244:3::4]:8080": 0.5}},
+		{"load balancer from an allowed source", []string{"--src", "198.51.100.9", "--in-interface", "eth0", "--dst", "203.0.113.20", "--dport", "80"},
+			explain.VerdictAccepted, map[string]float64{"10.244.1.1:8080": 0.5, "10.244.2.1:8080": 0.5}},
+		{"load balancer from outside the source ranges", []string{"--src", "198.18.0.1", "--in-interface", "eth0", "--dst", "203.0.113.20", "--dport", "80"},
+			explain.VerdictDropped, map[string]float64{"DROP": 1}},
+		{"external IP", []string{"--src", "198.18.0.1", "--in-interface", "eth0", "--dst", "192.0.2.50", "--dport", "80"},
+			explain.VerdictAccepted, map[string]float64{"10.244.1.1:8080": 0.5, "10.244.2.1:8080": 0.5}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"trace", "-o", "json", "--rules", rulesFile, "--node-ip", "10.0.0.1", "--node-ip", "fd00::1"}, tc.args...)
+			code, out, stderr := run(t, args...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			var r explain.TraceReport
+			if err := json.Unmarshal([]byte(out), &r); err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]float64{}
+			for _, tg := range r.Targets {
+				got[tg.Destination] += tg.Probability
+			}
+			if r.Verdict != tc.verdict || len(got) != len(tc.dests) {
+				t.Fatalf("verdict %q targets %v, want %q %v", r.Verdict, got, tc.verdict, tc.dests)
+			}
+			for d, p := range tc.dests {
+				if math.Abs(got[d]-p) > 1e-6 {
+					t.Errorf("P(%s) = %v, want %v", d, got[d], p)
+				}
+			}
+		})
+	}
+}

@@ -165,7 +165,12 @@ func showPort(m *Model, sp *proxy.ServicePort, eps []*proxy.Endpoint) (*PortRepo
 	external := func(kind string, dst netip.Addr, port int) {
 		src := outside
 		if sp.FirewallEnabled && kind == EntryLoadBalancer && len(sp.LoadBalancerSourceRanges) > 0 {
-			src = sp.LoadBalancerSourceRanges[0].Addr().Next()
+			// An address inside the first allowed range.
+			r := sp.LoadBalancerSourceRanges[0]
+			src = r.Addr()
+			if r.Bits() < r.Addr().BitLen() {
+				src = src.Next()
+			}
 		}
 		entries = append(entries, Entry{Kind: kind, Packet: trace.Packet{Protocol: proto, Src: src, Dst: dst, DstPort: port, InInterface: outsideInterface}})
 	}
