@@ -20,8 +20,12 @@ import (
 
 func runShow(ctx context.Context, env Env, args []string) error {
 	var src sourceFlags
+	var live bool
+	var backendFlag string
 	fs := newFlagSet(env, "show", "show service NAMESPACE/NAME [flags]")
 	src.add(fs)
+	fs.BoolVar(&live, "live", false, "trace through this node's kernel rules instead of the rendered ones (run on the node)")
+	fs.StringVar(&backendFlag, "backend", "", "iptables backend of the live rules: nft or legacy (default: detected)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -39,6 +43,15 @@ func runShow(ctx context.Context, env Env, args []string) error {
 	models, err := src.models(ctx, env)
 	if err != nil {
 		return err
+	}
+	if live {
+		for _, m := range models {
+			rs, node, err := liveRules(ctx, env, backendFlag, m.Config.Family)
+			if err != nil {
+				return err
+			}
+			m.Tables, m.Node = rs, node
+		}
 	}
 	r, err := explain.ShowService(models, types.NamespacedName{Namespace: ns, Name: name})
 	if err != nil {
