@@ -1,5 +1,7 @@
 // Command iptproxy is a drop-in replacement for kube-proxy's iptables mode.
-// It accepts kube-proxy's flags and KubeProxyConfiguration file.
+// It accepts kube-proxy's flags and KubeProxyConfiguration file. Its first
+// argument may instead name an operator subcommand (show, trace, render,
+// diff; see pkg/cli).
 package main
 
 import (
@@ -9,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -18,11 +21,18 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/iptproxy/iptproxy/pkg/app"
+	"github.com/iptproxy/iptproxy/pkg/cli"
 	"github.com/iptproxy/iptproxy/pkg/options"
 	"github.com/iptproxy/iptproxy/pkg/version"
 )
 
 func main() {
+	if len(os.Args) > 1 && cli.IsCommand(os.Args[1]) {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := cli.Run(ctx, cli.DefaultEnv(), os.Args[1:])
+		stop()
+		os.Exit(code)
+	}
 	os.Exit(run(os.Args[1:]))
 }
 
@@ -35,6 +45,11 @@ func run(args []string) int {
 	klog.InitFlags(klogFlags)
 	fs.AddGoFlagSet(klogFlags)
 	showVersion := fs.Bool("version", false, "Print version information and quit")
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: iptproxy [flags]          run the proxy (kube-proxy's flags)\n"+
+			"       iptproxy %s ...  explain the rules (see \"iptproxy COMMAND --help\")\n\nFlags:\n%s",
+			strings.Join(cli.Commands, "|"), fs.FlagUsages())
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0

@@ -96,6 +96,7 @@ func Run(ctx context.Context, o *options.Options) error {
 	recorder := broadcaster.NewRecorder(scheme.Scheme, "kube-proxy")
 
 	var proxiers []*proxier.Proxier
+	rulesConfigs := map[v1.IPFamily]rules.Config{}
 	var svcHealth []*healthcheck.ServiceHealthServer
 	families, err := servedFamilies(ctx, primary, func(ctx context.Context, fam v1.IPFamily) error {
 		return iptables.Present(ctx, fam, backend)
@@ -108,33 +109,19 @@ func Run(ctx context.Context, o *options.Options) error {
 		if err != nil {
 			return err
 		}
-		var zone string
-		if node.node != nil {
-			zone = node.node.Labels[proxy.LabelTopologyZone]
-		}
-		npAddrs, _, npLoopback := nodePortAddresses(logger, expandPrimary(cfg.NodePortAddresses), fam, nodeIPs[fam])
-		localhostNP := fam == v1.IPv4Protocol && cfg.IPTables.LocalhostNodePorts != nil && *cfg.IPTables.LocalhostNodePorts && npLoopback
+		detector := detectors[fam]
+		rcfg := familyRulesConfig(logger, o, NodeFacts{Name: nodeName, Node: node.node, TCPBeLiberal: conntrackLiberal(cfg)},
+			node, fam, nodeIPs[fam], detector)
+		// Count in the nfacct objects only where they could be created.
+		rcfg.NFAcctLocalhostNodePorts = counters.enabled(rcfg.NFAcctLocalhostNodePorts)
+		rcfg.NFAcctInvalidDropped = counters.enabled(rcfg.NFAcctInvalidDropped)
+		zone, npAddrs, localhostNP := rcfg.Zone, rcfg.NodePortAddresses, rcfg.LocalhostNodePorts
+		rulesConfigs[fam] = rcfg
 		if localhostNP {
 			logger.Info("Setting route_localnet=1 to allow node-ports on localhost; to change this either disable iptables.localhostNodePorts (--iptables-localhost-nodeports) or set nodePortAddresses (--nodeport-addresses) to filter loopback addresses")
 			if err := iptables.EnsureSysctl(ctx, "net/ipv4/conf/all/route_localnet", 1); err != nil {
 				return err
 			}
-		}
-		detector := detectors[fam]
-		rcfg := rules.Config{
-			Family:              fam,
-			NodeName:            nodeName,
-			Zone:                zone,
-			NodeIPs:             familyIPs(node.ips, fam),
-			MasqueradeAll:       cfg.IPTables.MasqueradeAll,
-			MasqueradeBit:       int(ptrOr(cfg.IPTables.MasqueradeBit, 14)),
-			LocalTraffic:        rules.LocalTraffic{IfLocal: detector.IfLocal(), IfNotLocal: detector.IfNotLocal()},
-			LocalhostNodePorts:  localhostNP,
-			NodePortAddresses:   npAddrs,
-			ConntrackTCPLiberal: conntrackLiberal(cfg),
-
-			NFAcctLocalhostNodePorts: counters.localhostNodePorts,
-			NFAcctInvalidDropped:     counters.invalidDropped,
 		}
 		sh, err := healthcheck.NewServiceHealthServer(logger, healthcheck.ServiceHealthConfig{
 			NodeName:          nodeName,
@@ -198,7 +185,9 @@ func Run(ctx context.Context, o *options.Options) error {
 
 	healthz := healthcheck.NewHealthzServer(cfg.HealthzBindAddress, health)
 	metricsServer := metrics.NewServer(cfg.MetricsBindAddress, m)
-	if err := mountDebug(metricsServer, o, proxiers); err != nil {
+	servicesDebug := &servicesDebug{logger: logger, proxiers: proxiers, configs: rulesConfigs,
+		services: factory.Core().V1().Services().Lister(), slices: factory.Discovery().V1().EndpointSlices().Lister()}
+	if err := mountDebug(metricsServer, o, proxiers, servicesDebug); err != nil {
 		return err
 	}
 	if cfg.HealthzBindAddress != "" {

@@ -162,7 +162,7 @@ func TestNodePortAddressesResolve(t *testing.T) {
 				}
 			}
 			logger, _ := ktesting.NewTestContext(t)
-			addrs, matchAll, loopback := nodePortAddresses(logger, expandPrimary(tt.addrs), v1.IPv4Protocol, nodeIP)
+			addrs, matchAll, loopback := nodePortAddresses(logger, expandPrimary(tt.addrs), v1.IPv4Protocol, nodeIP, nil)
 			if matchAll != (tt.wantAddrs == nil) || !slices.Equal(addrs, tt.wantAddrs) {
 				t.Fatalf("nodePortAddresses(%v) = %v (all: %v), want %v", tt.addrs, addrs, matchAll, tt.wantAddrs)
 			}

@@ -9,11 +9,12 @@ import (
 	"github.com/iptproxy/iptproxy/pkg/proxier"
 )
 
-// mountDebug adds /debug/last-sync and /debug/rules to the metrics server.
+// mountDebug adds /debug/last-sync, /debug/rules and (when services is
+// not nil) /debug/services/NAMESPACE/NAME to the metrics server.
 // They are served only when the metrics server listens on loopback (the
 // default), the way kube-proxy keeps /configz and profiling off the
 // network unless asked.
-func mountDebug(s *metrics.Server, o *options.Options, proxiers []*proxier.Proxier) error {
+func mountDebug(s *metrics.Server, o *options.Options, proxiers []*proxier.Proxier, services http.Handler) error {
 	lastSync := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		reports := make([]proxier.SyncReport, 0, len(proxiers))
 		for _, p := range proxiers {
@@ -35,7 +36,11 @@ func mountDebug(s *metrics.Server, o *options.Options, proxiers []*proxier.Proxi
 			_, _ = w.Write(rs.Payload())
 		}
 	})
-	for path, h := range map[string]http.Handler{"/debug/last-sync": lastSync, "/debug/rules": rulesHandler} {
+	handlers := map[string]http.Handler{"/debug/last-sync": lastSync, "/debug/rules": rulesHandler}
+	if services != nil {
+		handlers["/debug/services/{namespace}/{name}"] = services
+	}
+	for path, h := range handlers {
 		if err := s.Handle(path, localOnly(h)); err != nil {
 			return err
 		}

@@ -38,3 +38,12 @@ func setupNFAcct(logger klog.Logger, m *metrics.Metrics) nfacctCounters {
 	}
 	return c
 }
+
+// enabled returns name when the counter of that name was created, "" when
+// it was not.
+func (c nfacctCounters) enabled(name string) string {
+	if name != "" && (name == c.localhostNodePorts || name == c.invalidDropped) {
+		return name
+	}
+	return ""
+}

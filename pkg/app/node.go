@@ -144,8 +144,9 @@ func primaryFamily(logger klog.Logger, nodeIPs []netip.Addr, bindAddress string)
 // nodePortAddresses resolves nodePortAddresses for one family: nil means
 // every local address; otherwise the local interface addresses inside the
 // given CIDRs ("primary" means the node IP). It also reports whether
-// 127.0.0.1 is among the addresses NodePorts may answer on.
-func nodePortAddresses(logger klog.Logger, cidrs []string, family v1.IPFamily, nodeIP netip.Addr) (addrs []netip.Addr, matchAll, containsV4Loopback bool) {
+// 127.0.0.1 is among the addresses NodePorts may answer on. interfaceAddrs
+// lists the local addresses (nil: this machine's).
+func nodePortAddresses(logger klog.Logger, cidrs []string, family v1.IPFamily, nodeIP netip.Addr, interfaceAddrs func() ([]net.Addr, error)) (addrs []netip.Addr, matchAll, containsV4Loopback bool) {
 	var prefixes []netip.Prefix
 	for _, c := range cidrs {
 		c = strings.TrimSpace(c)
@@ -184,7 +185,10 @@ func nodePortAddresses(logger klog.Logger, cidrs []string, family v1.IPFamily, n
 			return nil, true, true
 		}
 	}
-	ifAddrs, err := net.InterfaceAddrs()
+	if interfaceAddrs == nil {
+		interfaceAddrs = net.InterfaceAddrs
+	}
+	ifAddrs, err := interfaceAddrs()
 	if err != nil {
 		logger.Error(err, "Listing local addresses for nodePortAddresses")
 	}
