@@ -116,3 +116,54 @@ func (f failWatch) eventually(what string, cond func() bool) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestNeverSyncedIsNotReady starts iptproxy on a node where a stale
+// KUBE-SEP chain (left by an earlier proxy) is referenced by another
+// program's rule, so the first full sync, which deletes stale chains,
+// fails. Until a sync succeeds the NodePort does not work, so /healthz must
+// not answer 200 (kube-proxy would, for 2 x syncPeriod), while /livez keeps
+// kube-proxy's start-up grace. Once the obstacle is gone, the retry
+// succeeds and both turn 200.
+func TestNeverSyncedIsNotReady(t *testing.T) {
+	const stale = "KUBE-SEP-FAULTSTESTSTALE0"
+	obstacle := []string{"-t", "nat", "-I", "OUTPUT", "-d", "192.0.2.1/32", "-j", stale}
+	w := newWorld(t, worldOptions{
+		noWait: true,
+		before: func(t *testing.T, w *world) {
+			w.iptables(t, "-t", "nat", "-N", stale)
+			w.iptables(t, obstacle...)
+		},
+	})
+	started := time.Now()
+	fw := failWatch{t: t, w: w}
+	fw.eventually("the first sync to fail", func() bool {
+		return strings.Contains(w.d.Log(), "iptables-restore failed") && strings.Contains(w.d.Log(), "-X "+stale)
+	})
+	// Within the window: never synced, so /healthz 503 and traffic is
+	// refused; /livez 200 (start-up grace).
+	for time.Since(started) < syncPeriod {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		hz := healthz(ctx, w.d)
+		lz, _, lerr := w.d.Get(ctx, 10256, "/livez")
+		cancel()
+		if hz != http.StatusServiceUnavailable {
+			t.Fatalf("/healthz answered %d before any sync succeeded, want 503", hz)
+		}
+		if lerr == nil && time.Since(started) < 2*syncPeriod-time.Second && lz != http.StatusOK {
+			t.Errorf("/livez answered %d inside the start-up window, want 200", lz)
+		}
+		if err := w.served(t.Context()); err == nil {
+			t.Fatalf("traffic served although no sync succeeded; the test does not break anything")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	obstacle[2] = "-D"
+	w.iptables(t, obstacle...)
+	removed := time.Now()
+	fw.eventually("/healthz to turn 200", func() bool { return healthz(t.Context(), w.d) == http.StatusOK })
+	t.Logf("first successful sync %v after the obstacle was removed", time.Since(removed).Round(10*time.Millisecond))
+	w.waitServing(t, w.podNames(), converge)
+	if strings.Contains(w.n.IPTablesSave(t, v1.IPv4Protocol, "nat"), ":"+stale+" ") {
+		t.Errorf("stale chain %s still there after the successful sync", stale)
+	}
+}

@@ -47,6 +47,11 @@ type world struct {
 type worldOptions struct {
 	// start starts the daemon; nil starts iptproxy with syncPeriod.
 	start func(t *testing.T, n *fw.Node) *fw.Daemon
+	// before runs before the daemon starts.
+	before func(t *testing.T, w *world)
+	// noWait returns as soon as the daemon is started, without waiting
+	// for it to be healthy and serve.
+	noWait bool
 }
 
 // configure sets the short sync period used by every test.
@@ -84,7 +89,13 @@ func newWorld(t *testing.T, o worldOptions) *world {
 	if start == nil {
 		start = func(t *testing.T, n *fw.Node) *fw.Daemon { return startIPTProxy(t, n) }
 	}
+	if o.before != nil {
+		o.before(t, w)
+	}
 	w.d = start(t, w.n)
+	if o.noWait {
+		return w
+	}
 	w.d.WaitHealthy(t, 60*time.Second)
 	w.waitServing(t, w.podNames(), converge)
 	return w
