@@ -1,6 +1,8 @@
 package faults
 
 import (
+	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -33,6 +35,7 @@ func TestAPIServerOutage(t *testing.T) {
 		t.Fatalf("no packets counted in the rules of default/steady")
 	}
 	fullBefore := fullSyncs(w.d.Log())
+	sepB := w.sepChain(t, podB)
 
 	w.c.StopAPIServer(t)
 	stopped := time.Now()
@@ -58,6 +61,14 @@ func TestAPIServerOutage(t *testing.T) {
 	// client-go's reflectors back off up to a minute (with jitter) while
 	// the apiserver is away, as kube-proxy's do.
 	podA.WaitForBackends(t, v1.ProtocolTCP, afterAddr, []string{podB.Name()}, 2*time.Minute)
+	// The slice informer's relist delivers "after" before "web" (key
+	// order), so the web change may land a sync later.
+	fw.Eventually(t, converge, func(context.Context) error {
+		if strings.Contains(w.n.IPTablesSave(t, v1.IPv4Protocol, "nat"), ":"+sepB+" ") {
+			return fmt.Errorf("chain %s of the removed endpoint is still there", sepB)
+		}
+		return nil
+	})
 	t.Logf("change applied %v after the apiserver came back", time.Since(restarted).Round(100*time.Millisecond))
 	w.waitServing(t, []string{podA.Name()}, converge)
 
