@@ -16,9 +16,10 @@ import (
 )
 
 // lockHold is how long the other writer holds the xtables lock: longer
-// than iptproxy's wait (-w 5, as kube-proxy), so at least one restore
+// than iptproxy's wait (-w 5, as kube-proxy) after the change, which
+// comes up to 3 s after the lock is taken, so at least one restore
 // fails and must be retried.
-const lockHold = 8 * time.Second
+const lockHold = 12 * time.Second
 
 // TestXtablesLockHeldByAnotherWriter runs iptproxy on the legacy backend
 // (iptables-nft takes no lock) while another writer, as kubelet or a
@@ -50,6 +51,8 @@ func TestXtablesLockHeldByAnotherWriter(t *testing.T) {
 	if out, err := iptEnv(t.Context(), "iptables-legacy-save", "-t", "nat"); err != nil || !strings.Contains(out, "KUBE-SERVICES") {
 		t.Fatalf("iptproxy's rules are not in the legacy tables: %v\n%s", err, out)
 	}
+
+	failuresBefore := metric(t, w.d, restoreFailures, `ip_family="IPv4"`)
 
 	// The other writer takes the lock.
 	holder := exec.CommandContext(t.Context(), "flock", "--exclusive", lockFile, "sleep", lockHold.String())
@@ -101,6 +104,9 @@ func TestXtablesLockHeldByAnotherWriter(t *testing.T) {
 	log := w.d.Log()
 	if !strings.Contains(log, "Sync failed") || !strings.Contains(strings.ToLower(log), "xtables lock") {
 		t.Errorf("no failed sync mentioning the xtables lock in the log")
+	}
+	if got := metric(t, w.d, restoreFailures, `ip_family="IPv4"`); got <= failuresBefore {
+		t.Errorf("%s did not count the restore that timed out on the lock (%v before, %v after)", restoreFailures, failuresBefore, got)
 	}
 
 	// After release: the change is applied, nothing lost.
