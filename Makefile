@@ -33,6 +33,10 @@ unit:
 e2e: deps tools build
 	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | hack/test-summary.sh
 
+## e2e-faults: the fault tests only (flushes, refused restores, lock, apiserver outage, node changes, SIGKILL, takeover)
+e2e-faults: deps tools build
+	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v ./test/e2e/faults/ 2>&1 | hack/test-summary.sh
+
 ## test: every test: unit, kernel and end to end
 test: deps tools build
 	$(GO) test -count=1 ./pkg/... ./cmd/...

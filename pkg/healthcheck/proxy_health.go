@@ -49,13 +49,18 @@ type HealthReport struct {
 //   - QueuedUpdate(family) records when the oldest not yet applied change of
 //     that family was queued; Updated(family) records a successful sync and
 //     clears it.
-//   - A family is unhealthy when it has synced at least once (Updated was
-//     called) and its oldest queued update has waited for healthTimeout or
-//     more. A family that never called Updated counts as healthy ("starting
-//     up"), so, like kube-proxy's sync loop, call Updated(family) once when
-//     the sync loop starts, in case no sync ever succeeds.
-//   - /livez is 200 when every family is healthy; /healthz additionally
-//     needs the Node to be eligible (see SyncNode).
+//   - A family is unhealthy when its sync loop has started (Started or
+//     Updated was called) and its oldest queued update has waited for
+//     healthTimeout or more. Call Started(family) when the sync loop starts,
+//     as kube-proxy's sync loop calls Updated, so that the window runs even
+//     if no sync ever succeeds.
+//   - /livez is 200 when every family is healthy (kube-proxy's rule, which
+//     gives a slow first sync the whole window before a liveness probe
+//     fails). /healthz additionally needs the Node to be eligible (see
+//     SyncNode) and, unlike kube-proxy's, every started family to have
+//     synced successfully at least once: a node whose rules were never
+//     written must not receive load-balancer traffic, even during the
+//     window (kube-proxy answers 200 there).
 //
 // The methods are safe for concurrent use.
 type ProxyHealth struct {
@@ -65,6 +70,7 @@ type ProxyHealth struct {
 
 	mu                  sync.RWMutex
 	lastUpdated         map[v1.IPFamily]time.Time
+	synced              map[v1.IPFamily]bool
 	oldestPendingQueued map[v1.IPFamily]time.Time
 	nodeSeen            bool
 	nodeEligible        bool
@@ -82,6 +88,7 @@ func NewProxyHealth(healthTimeout time.Duration, clk clock.PassiveClock, probes 
 		healthTimeout:       healthTimeout,
 		probes:              probes,
 		lastUpdated:         map[v1.IPFamily]time.Time{},
+		synced:              map[v1.IPFamily]bool{},
 		oldestPendingQueued: map[v1.IPFamily]time.Time{},
 	}
 }
@@ -97,6 +104,17 @@ func (h *ProxyHealth) QueuedUpdate(family v1.IPFamily) {
 	}
 }
 
+// Started records that the sync loop of family has started: its health
+// window runs from now even if no sync ever succeeds (kube-proxy calls
+// Updated there instead). Until the first Updated, /healthz answers 503.
+func (h *ProxyHealth) Started(family v1.IPFamily) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.lastUpdated[family]; !ok {
+		h.lastUpdated[family] = h.clock.Now()
+	}
+}
+
 // Updated records that the proxier of family has synced the rules
 // successfully and has nothing pending.
 func (h *ProxyHealth) Updated(family v1.IPFamily) {
@@ -104,6 +122,23 @@ func (h *ProxyHealth) Updated(family v1.IPFamily) {
 	defer h.mu.Unlock()
 	delete(h.oldestPendingQueued, family)
 	h.lastUpdated[family] = h.clock.Now()
+	h.synced[family] = true
+}
+
+// Synced reports whether at least one family has started and every started
+// family has synced successfully at least once.
+func (h *ProxyHealth) Synced() bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if len(h.lastUpdated) == 0 {
+		return false
+	}
+	for family := range h.lastUpdated {
+		if !h.synced[family] {
+			return false
+		}
+	}
+	return true
 }
 
 // SyncNode records the latest state of this proxy's own Node; nil means the
@@ -167,12 +202,16 @@ func (h *ProxyHealth) Health() HealthReport {
 	return report
 }
 
-// HealthzHandler returns the /healthz handler: 200 when the proxy is healthy
-// and the Node eligible, 503 otherwise, with the HealthReport (including
-// nodeEligible) as JSON body.
+// HealthzHandler returns the /healthz handler: 200 when the proxy is healthy,
+// has synced every family at least once (see Synced) and the Node is
+// eligible, 503 otherwise, with the HealthReport (including nodeEligible) as
+// JSON body; "healthy" is false there until the first syncs.
 func (h *ProxyHealth) HealthzHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		report := h.Health()
+		if !h.Synced() {
+			report.Healthy = false
+		}
 		eligible := h.NodeEligible()
 		report.NodeEligible = &eligible
 		code := h.writeReport(w, report, report.Healthy && eligible)

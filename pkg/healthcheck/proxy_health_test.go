@@ -65,6 +65,7 @@ type env struct {
 
 func (e env) queue(f v1.IPFamily) func()        { return func() { e.h.QueuedUpdate(f) } }
 func (e env) update(f v1.IPFamily) func()       { return func() { e.h.Updated(f) } }
+func (e env) start(f v1.IPFamily) func()        { return func() { e.h.Started(f) } }
 func (e env) step(d time.Duration) func()       { return func() { e.clock.Step(d) } }
 func (e env) node(n *v1.Node) func()            { return func() { e.h.SyncNode(n) } }
 func (e env) seq(fs ...func()) []func()         { return fs }
@@ -87,16 +88,55 @@ func TestProxyHealthEndpoints(t *testing.T) {
 		// lastUpdated in unhealthy answers (healthy ones report "now").
 		lastUpdated time.Time
 		status      map[v1.IPFamily]ProxierHealth
+		// neverSynced: some family never synced, so the /healthz body
+		// says healthy=false even where /livez says true.
+		neverSynced bool
 	}
 	tests := []struct {
 		name  string
 		steps func(e env) []func()
 		want  func(e env) want
 	}{{
-		name:  "starting up: nothing synced yet, node known",
+		name:  "starting up: no sync loop yet, node known: /healthz 503, /livez 200",
 		steps: func(e env) []func() { return e.seq(e.node(eligibleNode())) },
 		want: func(e env) want {
-			return want{healthz: 200, livez: 200, nodeEligible: true, status: map[v1.IPFamily]ProxierHealth{}}
+			return want{neverSynced: true, healthz: 503, livez: 200, nodeEligible: true, status: map[v1.IPFamily]ProxierHealth{}}
+		},
+	}, {
+		name: "sync loop started, never synced, within the window: /healthz 503, /livez 200",
+		steps: func(e env) []func() {
+			return e.seq(e.node(eligibleNode()), e.start(v4), e.queue(v4), e.step(testTimeout-time.Nanosecond))
+		},
+		want: func(e env) want {
+			return want{neverSynced: true, healthz: 503, livez: 200, nodeEligible: true, lastUpdated: t0,
+				status: map[v1.IPFamily]ProxierHealth{v4: e.fam(true, t0)}}
+		},
+	}, {
+		name: "sync loop started, never synced, window passed: both 503",
+		steps: func(e env) []func() {
+			return e.seq(e.node(eligibleNode()), e.start(v4), e.queue(v4), e.step(testTimeout))
+		},
+		want: func(e env) want {
+			return want{healthz: 503, livez: 503, nodeEligible: true, lastUpdated: t0,
+				status: map[v1.IPFamily]ProxierHealth{v4: e.fam(false, t0)}}
+		},
+	}, {
+		name: "one family synced, the other never: /healthz 503",
+		steps: func(e env) []func() {
+			return e.seq(e.node(eligibleNode()), e.start(v4), e.start(v6), e.queue(v4), e.queue(v6), e.step(time.Second), e.update(v4))
+		},
+		want: func(e env) want {
+			return want{neverSynced: true, healthz: 503, livez: 200, nodeEligible: true, lastUpdated: e.at(time.Second),
+				status: map[v1.IPFamily]ProxierHealth{v4: e.fam(true, e.at(time.Second)), v6: e.fam(true, t0)}}
+		},
+	}, {
+		name: "sync loop started, then synced: 200",
+		steps: func(e env) []func() {
+			return e.seq(e.node(eligibleNode()), e.start(v4), e.queue(v4), e.step(time.Second), e.update(v4))
+		},
+		want: func(e env) want {
+			return want{healthz: 200, livez: 200, nodeEligible: true,
+				status: map[v1.IPFamily]ProxierHealth{v4: e.fam(true, e.at(time.Second))}}
 		},
 	}, {
 		name:  "node not synced yet: /healthz 503, /livez 200",
@@ -142,12 +182,12 @@ func TestProxyHealthEndpoints(t *testing.T) {
 				status: map[v1.IPFamily]ProxierHealth{v4: e.fam(true, e.at(time.Minute))}}
 		},
 	}, {
-		name: "a family that never synced stays healthy (kube-proxy's start-up rule)",
+		name: "a family whose loop never started stays live (kube-proxy's start-up rule), not ready",
 		steps: func(e env) []func() {
 			return e.seq(e.node(eligibleNode()), e.queue(v4), e.step(time.Hour))
 		},
 		want: func(e env) want {
-			return want{healthz: 200, livez: 200, nodeEligible: true, status: map[v1.IPFamily]ProxierHealth{}}
+			return want{healthz: 503, livez: 200, nodeEligible: true, neverSynced: true, status: map[v1.IPFamily]ProxierHealth{}}
 		},
 	}, {
 		name: "dual-stack: one stale family makes the proxy unhealthy",
@@ -247,6 +287,9 @@ func TestProxyHealthEndpoints(t *testing.T) {
 					t.Errorf("%s: lastUpdated %v, want %v", path, got.LastUpdated, wantLast)
 				}
 				wantHealthy := w.livez == http.StatusOK
+				if path == "/healthz" && w.neverSynced {
+					wantHealthy = false
+				}
 				if got.Healthy != wantHealthy {
 					t.Errorf("%s: healthy %v, want %v", path, got.Healthy, wantHealthy)
 				}

@@ -33,6 +33,8 @@ const fullSyncPeriod = time.Hour
 
 // HealthReporter receives sync progress for /healthz.
 type HealthReporter interface {
+	// Started is called once when the sync loop starts.
+	Started(family v1.IPFamily)
 	QueuedUpdate(family v1.IPFamily)
 	Updated(family v1.IPFamily)
 }
@@ -216,7 +218,7 @@ func (p *Proxier) ForceFullSync() {
 func (p *Proxier) Run(ctx context.Context) {
 	ctx = klog.NewContext(ctx, p.logger)
 	if p.opts.Health != nil {
-		p.opts.Health.Updated(p.family) // start the clock even if syncs fail
+		p.opts.Health.Started(p.family) // start the clock even if syncs fail
 	}
 	period := p.opts.SyncPeriod
 	if period <= 0 {
@@ -255,6 +257,14 @@ func (p *Proxier) Run(ctx context.Context) {
 		}
 		last = p.now()
 		if err := p.Sync(ctx); err != nil {
+			if ctx.Err() != nil {
+				// Shutting down: the sync was cut short, nothing will
+				// retry it (restores are atomic per table).
+				p.logger.Info("Sync interrupted: shutting down", "err", err)
+				return
+			}
+			// As kube-proxy's BoundedFrequencyRunner, whose retry
+			// interval is the sync period; a new event syncs sooner.
 			p.logger.Error(err, "Sync failed; retrying", "after", period)
 			retry = time.After(period)
 		}

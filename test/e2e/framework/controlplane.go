@@ -33,6 +33,7 @@ type controlPlane struct {
 	client          kubernetes.Interface
 	adminKubecfg    string
 	etcd, apiserver *netns.Process
+	apiserverArgs   []string // to start it again (see StartAPIServer)
 }
 
 // connTracker dials from the host namespace and remembers every connection,
@@ -199,7 +200,8 @@ func (c *Cluster) startControlPlane(ctx context.Context, t T, extraArgs []string
 		"--profiling=false",
 		"--v=1",
 	}
-	cp.apiserver, err = c.startProcess(c.host, "kube-apiserver", append(args, extraArgs...))
+	cp.apiserverArgs = append(args, extraArgs...)
+	cp.apiserver, err = c.startProcess(c.host, "kube-apiserver", cp.apiserverArgs)
 	if err != nil {
 		return err
 	}
