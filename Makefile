@@ -33,8 +33,8 @@ unit:
 e2e: deps tools build
 	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | hack/test-summary.sh
 
-## test: every test: unit, kernel and end to end
-test: deps tools build
+## test: every test: unit, kernel, the image filesystem check and end to end
+test: deps tools build check-image
 	$(GO) test -count=1 ./pkg/... ./cmd/...
 	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | hack/test-summary.sh
 

@@ -23,7 +23,7 @@
 #   --skip-if-unsupported  exit 0 with a SKIP message when this machine cannot
 #                          do it (not root, no network namespaces, no
 #                          debootstrap and no apt to install it, no Debian
-#                          bookworm mirror configured); for CI.
+#                          bookworm mirror configured or reachable); for CI.
 #                          IPTPROXY_SKIP_IMAGE_CHECK=1 skips unconditionally.
 set -o errexit -o nounset -o pipefail
 
@@ -149,6 +149,20 @@ unmount_under() {
   fi
 }
 
+# mirror_reachable <mirror>: fetches the suite's Release file, so that a
+# machine without network to the mirror skips (with --skip-if-unsupported)
+# instead of failing in the middle of debootstrap.
+mirror_reachable() {
+  local url="$1/dists/${suite}/Release"
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS --max-time 20 -o /dev/null "${url}" 2>/dev/null ||
+      unsupported "cannot reach the Debian mirror (${url}); set DEBIAN_MIRROR to one this machine can reach"
+  elif command -v wget >/dev/null 2>&1; then
+    wget -q -T 20 -t 1 -O /dev/null "${url}" ||
+      unsupported "cannot reach the Debian mirror (${url}); set DEBIAN_MIRROR to one this machine can reach"
+  fi
+}
+
 # The stamp records what the cached rootfs was built from.
 stamp="${rootfs}/.iptproxy-rootfs"
 build_rootfs() {
@@ -158,6 +172,7 @@ build_rootfs() {
     return
   fi
   ensure_debootstrap
+  mirror_reachable "${mirror}"
   local tmp="${rootfs}.tmp"
   unmount_under "${tmp}"
   rm -rf "${tmp}"
