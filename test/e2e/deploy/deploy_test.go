@@ -1,0 +1,454 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	v1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/utils/ptr"
+
+	fw "github.com/iptproxy/iptproxy/test/e2e/framework"
+)
+
+const (
+	echoPort  = 8080
+	converge  = 30 * time.Second
+	testNS    = "deploy-e2e"
+	exitAfter = 60 * time.Second
+)
+
+// cluster is the shared fixture: one node running one daemon at a time,
+// two backend pods and a client pod on it.
+type cluster struct {
+	c        *fw.Cluster
+	env      fw.Env
+	node     *fw.Node
+	client   *fw.Pod
+	backends []fw.Backend
+	names    []string
+	// rendered are the objects of each kustomization, by directory under
+	// deploy/.
+	rendered map[string][]*unstructured.Unstructured
+}
+
+// TestDeploy applies deploy/ (the kustomize base), deploy/overlays/kind and
+// deploy/kubeadm to a real kube-apiserver, then runs iptproxy with only the
+// RBAC those manifests grant, and as kubeadm's kube-proxy DaemonSet runs
+// it, with real traffic through a ClusterIP Service.
+func TestDeploy(t *testing.T) {
+	env := fw.RequireCluster(t)
+	fw.RequireIPTProxy(t)
+	kbin, err := kustomize(t.Context(), env.Root, env.ToolsDir)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	rendered := map[string][]*unstructured.Unstructured{}
+	for _, dir := range []string{".", "overlays/kind", "kubeadm"} {
+		objs, err := build(t.Context(), kbin, filepath.Join(env.Root, "deploy", dir))
+		if err != nil {
+			t.Fatalf("%v", err)
+		}
+		rendered[dir] = objs
+	}
+
+	c := fw.NewCluster(t, fw.ClusterOptions{Nodes: 1})
+	w := &cluster{c: c, env: env, node: c.Nodes()[0], rendered: rendered}
+	for _, name := range []string{"pod-a", "pod-b"} {
+		p := w.node.AddPod(t, name)
+		p.StartEcho(t, fw.EchoOn(echoPort))
+		w.backends = append(w.backends, p.Backend())
+		w.names = append(w.names, name)
+	}
+	w.client = w.node.AddPod(t, "client")
+
+	if !t.Run("manifests", w.testManifests) {
+		t.Fatalf("the manifests were not accepted; the install tests need them")
+	}
+	t.Run("rbac", w.testRBAC)
+	t.Run("kubeadm", w.testKubeadm)
+}
+
+// testManifests applies every rendered object with server-side apply and
+// strict field validation: deploy/ and deploy/kubeadm for real, the kind
+// overlay (same object names as the base) as a server-side dry run.
+func (w *cluster) testManifests(t *testing.T) {
+	cfg := w.c.RESTConfig()
+	disc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	groups, err := restmapper.GetAPIGroupResources(disc)
+	if err != nil {
+		t.Fatalf("discovery: %v", err)
+	}
+	mapper := restmapper.NewDiscoveryRESTMapper(groups)
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	tests := []struct {
+		dir    string
+		dryRun bool
+		// wantKinds must all be among the objects.
+		wantKinds []string
+	}{
+		{dir: ".", wantKinds: []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"}},
+		{dir: "overlays/kind", dryRun: true, wantKinds: []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"}},
+		{dir: "kubeadm", wantKinds: []string{"ServiceAccount", "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap", "DaemonSet"}},
+	}
+	for _, tc := range tests {
+		t.Run(strings.ReplaceAll(tc.dir, "/", "-"), func(t *testing.T) {
+			objs := w.rendered[tc.dir]
+			var kinds []string
+			for _, obj := range objs {
+				kinds = append(kinds, obj.GetKind())
+				got, err := apply(t.Context(), mapper, dyn, obj, tc.dryRun)
+				if err != nil {
+					t.Errorf("%s from deploy/%s: %v", describe(obj), tc.dir, err)
+					continue
+				}
+				if got.GetUID() == "" && !tc.dryRun {
+					t.Errorf("%s: the server returned no UID", describe(obj))
+				}
+				if obj.GetKind() == "DaemonSet" {
+					checkDaemonSet(t, got)
+				}
+				t.Logf("accepted%s: %s", map[bool]string{true: " (dry run)"}[tc.dryRun], describe(obj))
+			}
+			for _, k := range tc.wantKinds {
+				if !slices.Contains(kinds, k) {
+					t.Errorf("deploy/%s renders no %s (kinds: %v)", tc.dir, k, kinds)
+				}
+			}
+		})
+	}
+}
+
+// apply server-side applies obj with strict field validation, so that an
+// unknown or duplicate field is an error rather than a warning.
+func apply(ctx context.Context, mapper meta.RESTMapper, dyn dynamic.Interface, obj *unstructured.Unstructured, dryRun bool) (*unstructured.Unstructured, error) {
+	gvk := obj.GroupVersionKind()
+	mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return nil, fmt.Errorf("no API for %s: %w", gvk, err)
+	}
+	var ri dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
+	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+		if obj.GetNamespace() == "" {
+			return nil, fmt.Errorf("namespaced object without a namespace")
+		}
+		ri = dyn.Resource(mapping.Resource).Namespace(obj.GetNamespace())
+	}
+	data, err := obj.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	opts := metav1.PatchOptions{FieldManager: "iptproxy-e2e", Force: ptr.To(true), FieldValidation: metav1.FieldValidationStrict}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	return ri.Patch(ctx, obj.GetName(), types.ApplyPatchType, data, opts)
+}
+
+// checkDaemonSet checks what the server stored for a proxy DaemonSet: the
+// settings a node proxy cannot run without.
+func checkDaemonSet(t *testing.T, u *unstructured.Unstructured) {
+	t.Helper()
+	var ds appsv1.DaemonSet
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &ds); err != nil {
+		t.Fatalf("%s: %v", describe(u), err)
+	}
+	spec := ds.Spec.Template.Spec
+	if !spec.HostNetwork {
+		t.Errorf("%s: not hostNetwork", describe(u))
+	}
+	if spec.PriorityClassName != "system-node-critical" {
+		t.Errorf("%s: priorityClassName %q", describe(u), spec.PriorityClassName)
+	}
+	if len(spec.Containers) != 1 {
+		t.Fatalf("%s: %d containers", describe(u), len(spec.Containers))
+	}
+	sc := spec.Containers[0].SecurityContext
+	if sc == nil || sc.Privileged == nil || !*sc.Privileged {
+		t.Errorf("%s: the stored container is not privileged", describe(u))
+	}
+	if !slices.ContainsFunc(spec.Tolerations, func(tol v1.Toleration) bool {
+		return tol.Operator == v1.TolerationOpExists && tol.Key == ""
+	}) {
+		t.Errorf("%s: does not tolerate every taint", describe(u))
+	}
+}
+
+// renderedObject returns the object of kind and name rendered from
+// deploy/<dir>.
+func (w *cluster) renderedObject(t *testing.T, dir, kind, name string, into any) {
+	t.Helper()
+	for _, u := range w.rendered[dir] {
+		if u.GetKind() == kind && u.GetName() == name {
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, into); err != nil {
+				t.Fatalf("%s: %v", describe(u), err)
+			}
+			return
+		}
+	}
+	t.Fatalf("deploy/%s renders no %s %s", dir, kind, name)
+}
+
+// serves creates a ClusterIP Service for the two backend pods and waits
+// until the client pod reaches both through it.
+func (w *cluster) serves(t *testing.T, name string) {
+	t.Helper()
+	svc := w.c.CreateService(t, fw.NewService(testNS, name, fw.ServicePort("tcp", v1.ProtocolTCP, 80, echoPort)))
+	w.c.SetEndpoints(t, svc, w.backends...)
+	addr := fw.ServiceAddr(svc, v1.IPv4Protocol, 80)
+	seen := w.client.WaitForBackends(t, v1.ProtocolTCP, addr, w.names, converge)
+	t.Logf("Service %s (%s) reached from pod %s: %v", name, addr, w.client.Name(), seen)
+}
+
+// testRBAC runs iptproxy with the token of a ServiceAccount and nothing
+// else: deploy/'s own ServiceAccount serves traffic; one without the
+// binding, or bound to a role short of EndpointSlices, makes iptproxy exit
+// with one line naming what is missing.
+func (w *cluster) testRBAC(t *testing.T) {
+	var deployRole rbacv1.ClusterRole
+	w.renderedObject(t, ".", "ClusterRole", "iptproxy", &deployRole)
+	noSlices := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "iptproxy-e2e-no-endpointslices"}}
+	for _, r := range deployRole.Rules {
+		if !slices.Contains(r.Resources, "endpointslices") {
+			noSlices.Rules = append(noSlices.Rules, r)
+		}
+	}
+	if len(noSlices.Rules) != len(deployRole.Rules)-1 {
+		t.Fatalf("the iptproxy ClusterRole has no single EndpointSlice rule: %+v", deployRole.Rules)
+	}
+	if _, err := w.c.Client().RbacV1().ClusterRoles().Create(t.Context(), noSlices, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating ClusterRole %s: %v", noSlices.Name, err)
+	}
+
+	tests := []struct {
+		name string
+		// account is the ServiceAccount in kube-system; roles are extra
+		// ClusterRoles bound to it by the test (deploy/ binds iptproxy).
+		account string
+		roles   []string
+		// wantMissing, when set, are the permissions the exit message
+		// must name; otherwise iptproxy must serve.
+		wantMissing []string
+	}{
+		{
+			name:    "deploy ServiceAccount",
+			account: "iptproxy",
+		},
+		{
+			name:    "no binding",
+			account: "iptproxy-e2e-unbound",
+			wantMissing: []string{"list services", "watch services", "list endpointslices.discovery.k8s.io",
+				"watch endpointslices.discovery.k8s.io", "get nodes/" + w.node.Name(), "list nodes", "watch nodes"},
+		},
+		{
+			name:        "role without EndpointSlices",
+			account:     "iptproxy-e2e-no-slices",
+			roles:       []string{noSlices.Name},
+			wantMissing: []string{"list endpointslices.discovery.k8s.io", "watch endpointslices.discovery.k8s.io"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sa := w.c.CreateServiceAccount(t, metav1.NamespaceSystem, tc.account, tc.roles...)
+			d := w.node.StartDaemon(t, fw.DaemonOptions{Binary: fw.RequireIPTProxy(t), Kubeconfig: sa.Kubeconfig})
+			defer d.Stop(t)
+			if tc.wantMissing == nil {
+				d.WaitHealthy(t, converge)
+				w.serves(t, "rbac")
+				if strings.Contains(d.Log(), "forbidden") {
+					t.Errorf("iptproxy logged a forbidden request:\n%s", d.Log())
+				}
+				return
+			}
+			err := d.WaitExit(t, exitAfter)
+			if err == nil {
+				t.Fatalf("iptproxy exited with status 0; want non-zero")
+			}
+			log := d.Log()
+			var lines []string
+			for l := range strings.Lines(log) {
+				if strings.Contains(l, "missing API permissions") {
+					lines = append(lines, l)
+				}
+			}
+			if len(lines) != 1 {
+				t.Fatalf("want exactly one line naming the missing permissions, got %d; log:\n%s", len(lines), log)
+			}
+			line := lines[0]
+			t.Logf("exit %v with: %s", err, strings.TrimSpace(line))
+			user := "system:serviceaccount:kube-system:" + tc.account
+			if !strings.Contains(line, user) {
+				t.Errorf("the line does not name the user %s", user)
+			}
+			for _, m := range tc.wantMissing {
+				if !strings.Contains(line, m) {
+					t.Errorf("the line does not name %q", m)
+				}
+			}
+			if n := strings.Count(line, ", ") + 1; n != len(tc.wantMissing) {
+				t.Errorf("the line names %d permissions, want %d (%v)", n, len(tc.wantMissing), tc.wantMissing)
+			}
+		})
+	}
+}
+
+// testKubeadm runs iptproxy exactly as kubeadm's kube-proxy DaemonSet (as
+// the API server stored it from deploy/kubeadm) runs its container: the
+// container's command with $(NODE_NAME) expanded, in a mount namespace where
+// /var/lib/kube-proxy holds the ConfigMap's config.conf and kubeconfig.conf,
+// /var/run/secrets/kubernetes.io/serviceaccount the token of
+// kube-system/kube-proxy (bound only by kubeadm's ClusterRoleBinding
+// kubeadm:node-proxier) and the cluster CA, and /usr/local/bin/kube-proxy is
+// iptproxy, as in the image. The only edits are the two cluster-specific
+// values deploy/kubeadm/README.md names: the API server URL and the pod
+// CIDR.
+func (w *cluster) testKubeadm(t *testing.T) {
+	ctx := t.Context()
+	cs := w.c.Client()
+	cm, err := cs.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, "kube-proxy", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("kubeadm's ConfigMap: %v", err)
+	}
+	ds, err := cs.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, "kube-proxy", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("kubeadm's DaemonSet: %v", err)
+	}
+
+	var cidrs []string
+	for _, p := range w.c.ClusterCIDRs() {
+		cidrs = append(cidrs, p.String())
+	}
+	config := replaceOnce(t, cm.Data["config.conf"], "clusterCIDR: 10.244.0.0/16", "clusterCIDR: "+strings.Join(cidrs, ","))
+	kubeconfig := replaceOnce(t, cm.Data["kubeconfig.conf"], "server: https://192.168.0.10:6443", "server: "+w.c.APIServerURL())
+	for _, want := range []string{"kubeconfig: /var/lib/kube-proxy/kubeconfig.conf", "mode: iptables"} {
+		if !strings.Contains(config, want) {
+			t.Fatalf("kubeadm's config.conf lacks %q:\n%s", want, config)
+		}
+	}
+
+	sa := w.c.CreateServiceAccount(t, metav1.NamespaceSystem, "kube-proxy")
+	dir := t.TempDir()
+	files := map[string]string{
+		"kube-proxy/config.conf":     config,
+		"kube-proxy/kubeconfig.conf": kubeconfig,
+		"serviceaccount/token":       sa.Token,
+		"serviceaccount/ca.crt":      string(sa.Config.CAData),
+		"serviceaccount/namespace":   metav1.NamespaceSystem,
+	}
+	for name, data := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatalf("%v", err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatalf("%v", err)
+		}
+	}
+
+	container := ds.Spec.Template.Spec.Containers[0]
+	command := expandEnv(container.Command, map[string]string{"NODE_NAME": w.node.Name()})
+	want := []string{"/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf", "--hostname-override=" + w.node.Name()}
+	if !slices.Equal(command, want) || len(container.Args) != 0 {
+		t.Fatalf("kubeadm's container runs %q %q, want %q", container.Command, container.Args, want)
+	}
+	for _, m := range []string{"/var/lib/kube-proxy", "/run/xtables.lock", "/lib/modules"} {
+		if !slices.ContainsFunc(container.VolumeMounts, func(vm v1.VolumeMount) bool { return vm.MountPath == m }) {
+			t.Errorf("kubeadm's container does not mount %s", m)
+		}
+	}
+
+	wrapper := filepath.Join(dir, "kubelet-run.sh")
+	if err := os.WriteFile(wrapper, []byte(kubeletRun(dir, fw.RequireIPTProxy(t), command)), 0o755); err != nil {
+		t.Fatalf("%v", err)
+	}
+	d := w.node.StartDaemon(t, fw.DaemonOptions{Binary: wrapper, NoConfigFile: true, Kubeconfig: sa.Kubeconfig})
+	defer d.Stop(t)
+	d.WaitHealthy(t, converge)
+	w.serves(t, "kubeadm")
+
+	log := d.Log()
+	for _, bad := range []string{"lenient", "forbidden", "missing API permissions"} {
+		if strings.Contains(log, bad) {
+			t.Errorf("iptproxy's log mentions %q:\n%s", bad, log)
+		}
+	}
+	code, body, err := d.Get(ctx, 10249, "/metrics")
+	if err != nil || code != 200 || !strings.Contains(body, "kubeproxy_sync_proxy_rules_duration_seconds") {
+		t.Errorf("metrics on 127.0.0.1:10249 (kubeadm's metricsBindAddress \"\"): %d %v", code, err)
+	}
+}
+
+// replaceOnce replaces the one occurrence of old in s.
+func replaceOnce(t *testing.T, s, old, new string) string {
+	t.Helper()
+	if n := strings.Count(s, old); n != 1 {
+		t.Fatalf("want exactly one %q in kubeadm's ConfigMap, found %d", old, n)
+	}
+	return strings.Replace(s, old, new, 1)
+}
+
+// expandEnv expands $(VAR) references as the kubelet does in a container's
+// command.
+func expandEnv(args []string, env map[string]string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		for k, v := range env {
+			a = strings.ReplaceAll(a, "$("+k+")", v)
+		}
+		out[i] = a
+	}
+	return out
+}
+
+// kubeletRun returns a script that runs command in a private mount
+// namespace laid out as the kube-proxy container's: tmpfs over /var (with
+// /var/lib/kube-proxy and /var/run/secrets/kubernetes.io/serviceaccount
+// filled from dir) and over /usr/local/bin (with kube-proxy pointing at
+// binary). Nothing is mounted or written outside that namespace. The
+// script ignores its own arguments (the harness's --hostname-override):
+// the command is kubeadm's, verbatim.
+func kubeletRun(dir, binary string, command []string) string {
+	quoted := make([]string, len(command))
+	for i, a := range command {
+		quoted[i] = shellQuote(a)
+	}
+	return fmt.Sprintf(`#!/bin/sh
+# Generated by test/e2e/deploy: kubeadm's kube-proxy container, without a container runtime.
+set -eu
+exec unshare --mount --propagation private -- /bin/sh -eu -c '
+  mount -t tmpfs tmpfs /var
+  mkdir -p /var/lib/kube-proxy /var/run/secrets/kubernetes.io/serviceaccount
+  cp "$0"/kube-proxy/* /var/lib/kube-proxy/
+  cp "$0"/serviceaccount/* /var/run/secrets/kubernetes.io/serviceaccount/
+  mount -t tmpfs tmpfs /usr/local/bin
+  ln -s "$1" /usr/local/bin/kube-proxy
+  shift
+  exec "$@"
+' %s %s %s
+`, shellQuote(dir), shellQuote(binary), strings.Join(quoted, " "))
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
