@@ -82,6 +82,7 @@ func TestDeploy(t *testing.T) {
 	}
 	t.Run("rbac", w.testRBAC)
 	t.Run("kubeadm", w.testKubeadm)
+	t.Run("swap", w.testSwap)
 }
 
 // testManifests applies every rendered object with server-side apply and
@@ -214,9 +215,7 @@ func (w *cluster) renderedObject(t *testing.T, dir, kind, name string, into any)
 // until the client pod reaches both through it.
 func (w *cluster) serves(t *testing.T, name string) {
 	t.Helper()
-	svc := w.c.CreateService(t, fw.NewService(testNS, name, fw.ServicePort("tcp", v1.ProtocolTCP, 80, echoPort)))
-	w.c.SetEndpoints(t, svc, w.backends...)
-	addr := fw.ServiceAddr(svc, v1.IPv4Protocol, 80)
+	addr := fw.ServiceAddr(w.service(t, name), v1.IPv4Protocol, 80)
 	seen := w.client.WaitForBackends(t, v1.ProtocolTCP, addr, w.names, converge)
 	t.Logf("Service %s (%s) reached from pod %s: %v", name, addr, w.client.Name(), seen)
 }
