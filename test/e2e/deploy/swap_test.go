@@ -16,6 +16,11 @@ import (
 	fw "github.com/iptproxy/iptproxy/test/e2e/framework"
 )
 
+// fillerServices is how many extra Services the swap test creates: more
+// than a dispatch chain holds (rules.LeafMax, 16), in KUBE-SERVICES and the
+// filter table's lists alike.
+const fillerServices = 40
+
 // restoreFailures matches kube-proxy's (and iptproxy's) count of failed
 // iptables-restore runs.
 var restoreFailures = regexp.MustCompile(`(?m)^kubeproxy_sync_proxy_rules_iptables_restore_failures_total(?:\{[^}]*\})? ([0-9.e+]+)$`)
@@ -40,6 +45,12 @@ func (w *cluster) testSwap(t *testing.T) {
 	}
 	defer held.Close() //nolint:errcheck // test connection
 	mustAnswer(t, held, "through kube-proxy's rules")
+
+	// Enough Services that iptproxy splits KUBE-SERVICES into dispatch
+	// chains (more than a leaf holds).
+	for i := range fillerServices {
+		w.service(t, fmt.Sprintf("swap-fill-%d", i))
+	}
 
 	// kube-proxy -> iptproxy.
 	kp.Stop(t)
