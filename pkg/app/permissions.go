@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -51,6 +52,10 @@ func neededAccess(nodeName string) []access {
 	}
 }
 
+// permissionCheckTimeout bounds the start-up permission check, so that an
+// API server that does not answer delays the start by at most this long.
+const permissionCheckTimeout = 30 * time.Second
+
 // ErrMissingPermissions is wrapped by the error checkPermissions returns
 // when the API server denies iptproxy something it cannot run without.
 var ErrMissingPermissions = errors.New("missing API permissions")
@@ -62,11 +67,14 @@ var ErrMissingPermissions = errors.New("missing API permissions")
 // line and a non-zero exit (CrashLoopBackOff in a DaemonSet) rather than
 // informers retrying "forbidden" forever. Denied optional permissions
 // (events) are logged. When the reviews themselves cannot be made (the API
-// server is unreachable, or the credentials may not create
-// SelfSubjectAccessReviews), it logs why and returns nil: the informers'
+// server is unreachable or does not answer within permissionCheckTimeout,
+// or the credentials may not create SelfSubjectAccessReviews), it logs why
+// and returns nil: the informers'
 // own retries take over, as in kube-proxy.
 func checkPermissions(ctx context.Context, client kubernetes.Interface, nodeName string) error {
 	logger := klog.FromContext(ctx)
+	ctx, cancel := context.WithTimeout(ctx, permissionCheckTimeout)
+	defer cancel()
 	var denied, degraded []string
 	for _, a := range neededAccess(nodeName) {
 		review := &authorizationv1.SelfSubjectAccessReview{
