@@ -3,7 +3,6 @@ package deploy
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -81,6 +80,7 @@ func TestDeploy(t *testing.T) {
 		t.Fatalf("the manifests were not accepted; the install tests need them")
 	}
 	t.Run("rbac", w.testRBAC)
+	t.Run("daemonset", w.testDaemonSet)
 	t.Run("kubeadm", w.testKubeadm)
 	t.Run("swap", w.testSwap)
 }
@@ -313,88 +313,103 @@ func (w *cluster) testRBAC(t *testing.T) {
 }
 
 // testKubeadm runs iptproxy exactly as kubeadm's kube-proxy DaemonSet (as
-// the API server stored it from deploy/kubeadm) runs its container: the
-// container's command with $(NODE_NAME) expanded, in a mount namespace where
-// /var/lib/kube-proxy holds the ConfigMap's config.conf and kubeconfig.conf,
-// /var/run/secrets/kubernetes.io/serviceaccount the token of
-// kube-system/kube-proxy (bound only by kubeadm's ClusterRoleBinding
-// kubeadm:node-proxier) and the cluster CA, and /usr/local/bin/kube-proxy is
-// iptproxy, as in the image. The only edits are the two cluster-specific
-// values deploy/kubeadm/README.md names: the API server URL and the pod
-// CIDR.
+// the API server stored it from deploy/kubeadm) runs its container (see
+// podRun): /var/lib/kube-proxy holds the ConfigMap's config.conf and
+// kubeconfig.conf, the token is kube-system/kube-proxy's (bound only by
+// kubeadm's ClusterRoleBinding kubeadm:node-proxier), and the command is
+// /usr/local/bin/kube-proxy --config=/var/lib/kube-proxy/config.conf
+// --hostname-override=$(NODE_NAME). The only edits are the two
+// cluster-specific values deploy/kubeadm/README.md names: the API server URL
+// and the pod CIDR.
 func (w *cluster) testKubeadm(t *testing.T) {
-	ctx := t.Context()
-	cs := w.c.Client()
-	cm, err := cs.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, "kube-proxy", metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("kubeadm's ConfigMap: %v", err)
-	}
-	ds, err := cs.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, "kube-proxy", metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("kubeadm's DaemonSet: %v", err)
-	}
-
-	var cidrs []string
-	for _, p := range w.c.ClusterCIDRs() {
-		cidrs = append(cidrs, p.String())
-	}
-	config := replaceOnce(t, cm.Data["config.conf"], "clusterCIDR: 10.244.0.0/16", "clusterCIDR: "+strings.Join(cidrs, ","))
+	ds, cm := w.stored(t, "kube-proxy", "kube-proxy")
+	config := replaceOnce(t, cm.Data["config.conf"], "clusterCIDR: 10.244.0.0/16", "clusterCIDR: "+w.clusterCIDRs())
 	kubeconfig := replaceOnce(t, cm.Data["kubeconfig.conf"], "server: https://192.168.0.10:6443", "server: "+w.c.APIServerURL())
 	for _, want := range []string{"kubeconfig: /var/lib/kube-proxy/kubeconfig.conf", "mode: iptables"} {
 		if !strings.Contains(config, want) {
 			t.Fatalf("kubeadm's config.conf lacks %q:\n%s", want, config)
 		}
 	}
-
-	sa := w.c.CreateServiceAccount(t, metav1.NamespaceSystem, "kube-proxy")
-	dir := t.TempDir()
-	files := map[string]string{
-		"kube-proxy/config.conf":     config,
-		"kube-proxy/kubeconfig.conf": kubeconfig,
-		"serviceaccount/token":       sa.Token,
-		"serviceaccount/ca.crt":      string(sa.Config.CAData),
-		"serviceaccount/namespace":   metav1.NamespaceSystem,
-	}
-	for name, data := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatalf("%v", err)
-		}
-		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
-			t.Fatalf("%v", err)
-		}
-	}
-
-	container := ds.Spec.Template.Spec.Containers[0]
-	command := expandEnv(container.Command, map[string]string{"NODE_NAME": w.node.Name()})
+	sa := w.c.CreateServiceAccount(t, metav1.NamespaceSystem, ds.Spec.Template.Spec.ServiceAccountName)
+	run := newPodRun(t, w.c, w.node.Name(), ds.Spec.Template.Spec,
+		map[string]map[string]string{cm.Name: {"config.conf": config, "kubeconfig.conf": kubeconfig}}, sa)
 	want := []string{"/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf", "--hostname-override=" + w.node.Name()}
-	if !slices.Equal(command, want) || len(container.Args) != 0 {
-		t.Fatalf("kubeadm's container runs %q %q, want %q", container.Command, container.Args, want)
+	if !slices.Equal(run.Command, want) {
+		t.Fatalf("kubeadm's container runs %q, want %q", run.Command, want)
 	}
-	for _, m := range []string{"/var/lib/kube-proxy", "/run/xtables.lock", "/lib/modules"} {
-		if !slices.ContainsFunc(container.VolumeMounts, func(vm v1.VolumeMount) bool { return vm.MountPath == m }) {
-			t.Errorf("kubeadm's container does not mount %s", m)
-		}
-	}
+	w.runs(t, run, "kubeadm", ds.Spec.Template.Spec.Containers[0])
+}
 
-	wrapper := filepath.Join(dir, "kubelet-run.sh")
-	if err := os.WriteFile(wrapper, []byte(kubeletRun(dir, fw.RequireIPTProxy(t), command)), 0o755); err != nil {
-		t.Fatalf("%v", err)
+// testDaemonSet runs iptproxy as deploy/'s DaemonSet (as the API server
+// stored it) runs its container: config.conf from the iptproxy ConfigMap
+// with clusterCIDR set as docs/install.md tells an overlay to, in-cluster
+// API configuration from the iptproxy ServiceAccount's token and
+// KUBERNETES_SERVICE_HOST/PORT, and the DaemonSet's own command. Its
+// liveness and readiness probes must answer.
+func (w *cluster) testDaemonSet(t *testing.T) {
+	ds, cm := w.stored(t, "iptproxy", "iptproxy")
+	config := replaceOnce(t, cm.Data["config.conf"], `clusterCIDR: ""`, "clusterCIDR: "+w.clusterCIDRs())
+	if !strings.Contains(config, `kubeconfig: ""`) {
+		t.Fatalf("deploy/base/config.conf does not use the in-cluster configuration:\n%s", config)
 	}
-	d := w.node.StartDaemon(t, fw.DaemonOptions{Binary: wrapper, NoConfigFile: true, Kubeconfig: sa.Kubeconfig})
+	sa := w.c.CreateServiceAccount(t, metav1.NamespaceSystem, ds.Spec.Template.Spec.ServiceAccountName)
+	run := newPodRun(t, w.c, w.node.Name(), ds.Spec.Template.Spec, map[string]map[string]string{cm.Name: {"config.conf": config}}, sa)
+	w.runs(t, run, "daemonset", ds.Spec.Template.Spec.Containers[0])
+}
+
+// stored returns the DaemonSet and ConfigMap of that name in kube-system,
+// as the API server stored them.
+func (w *cluster) stored(t *testing.T, daemonSet, configMap string) (*appsv1.DaemonSet, *v1.ConfigMap) {
+	t.Helper()
+	cs := w.c.Client()
+	ds, err := cs.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(t.Context(), daemonSet, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("DaemonSet %s: %v", daemonSet, err)
+	}
+	cm, err := cs.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(t.Context(), configMap, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("ConfigMap %s: %v", configMap, err)
+	}
+	return ds, cm
+}
+
+// clusterCIDRs is the cluster's pod CIDRs as clusterCIDR takes them.
+func (w *cluster) clusterCIDRs() string {
+	var cidrs []string
+	for _, p := range w.c.ClusterCIDRs() {
+		cidrs = append(cidrs, p.String())
+	}
+	return strings.Join(cidrs, ",")
+}
+
+// runs starts run on the node, waits for it to serve a new Service, checks
+// the container's HTTP probes and the metrics, and stops it.
+func (w *cluster) runs(t *testing.T, run *podRun, service string, ctr v1.Container) {
+	t.Helper()
+	d := run.start(t, w.node)
 	defer d.Stop(t)
 	d.WaitHealthy(t, converge)
-	w.serves(t, "kubeadm")
-
+	w.serves(t, service)
+	for _, p := range []*v1.Probe{ctr.LivenessProbe, ctr.ReadinessProbe} {
+		if p == nil || p.HTTPGet == nil {
+			continue
+		}
+		code, body, err := d.Get(t.Context(), p.HTTPGet.Port.IntValue(), p.HTTPGet.Path)
+		if err != nil || code != 200 {
+			t.Errorf("probe %s:%s: %d %v %s", p.HTTPGet.Port.String(), p.HTTPGet.Path, code, err, body)
+		} else {
+			t.Logf("probe %s:%s answers 200", p.HTTPGet.Port.String(), p.HTTPGet.Path)
+		}
+	}
 	log := d.Log()
-	for _, bad := range []string{"lenient", "forbidden", "missing API permissions"} {
+	for _, bad := range []string{"lenient", "forbidden", "missing API permissions", "Ignoring command-line flag"} {
 		if strings.Contains(log, bad) {
 			t.Errorf("iptproxy's log mentions %q:\n%s", bad, log)
 		}
 	}
-	code, body, err := d.Get(ctx, 10249, "/metrics")
+	code, body, err := d.Get(t.Context(), 10249, "/metrics")
 	if err != nil || code != 200 || !strings.Contains(body, "kubeproxy_sync_proxy_rules_duration_seconds") {
-		t.Errorf("metrics on 127.0.0.1:10249 (kubeadm's metricsBindAddress \"\"): %d %v", code, err)
+		t.Errorf("metrics on 127.0.0.1:10249: %d %v", code, err)
 	}
 }
 
@@ -402,52 +417,7 @@ func (w *cluster) testKubeadm(t *testing.T) {
 func replaceOnce(t *testing.T, s, old, new string) string {
 	t.Helper()
 	if n := strings.Count(s, old); n != 1 {
-		t.Fatalf("want exactly one %q in kubeadm's ConfigMap, found %d", old, n)
+		t.Fatalf("want exactly one %q in the ConfigMap, found %d", old, n)
 	}
 	return strings.Replace(s, old, new, 1)
-}
-
-// expandEnv expands $(VAR) references as the kubelet does in a container's
-// command.
-func expandEnv(args []string, env map[string]string) []string {
-	out := make([]string, len(args))
-	for i, a := range args {
-		for k, v := range env {
-			a = strings.ReplaceAll(a, "$("+k+")", v)
-		}
-		out[i] = a
-	}
-	return out
-}
-
-// kubeletRun returns a script that runs command in a private mount
-// namespace laid out as the kube-proxy container's: tmpfs over /var (with
-// /var/lib/kube-proxy and /var/run/secrets/kubernetes.io/serviceaccount
-// filled from dir) and over /usr/local/bin (with kube-proxy pointing at
-// binary). Nothing is mounted or written outside that namespace. The
-// script ignores its own arguments (the harness's --hostname-override):
-// the command is kubeadm's, verbatim.
-func kubeletRun(dir, binary string, command []string) string {
-	quoted := make([]string, len(command))
-	for i, a := range command {
-		quoted[i] = shellQuote(a)
-	}
-	return fmt.Sprintf(`#!/bin/sh
-# Generated by test/e2e/deploy: kubeadm's kube-proxy container, without a container runtime.
-set -eu
-exec unshare --mount --propagation private -- /bin/sh -eu -c '
-  mount -t tmpfs tmpfs /var
-  mkdir -p /var/lib/kube-proxy /var/run/secrets/kubernetes.io/serviceaccount
-  cp "$0"/kube-proxy/* /var/lib/kube-proxy/
-  cp "$0"/serviceaccount/* /var/run/secrets/kubernetes.io/serviceaccount/
-  mount -t tmpfs tmpfs /usr/local/bin
-  ln -s "$1" /usr/local/bin/kube-proxy
-  shift
-  exec "$@"
-' %s %s %s
-`, shellQuote(dir), shellQuote(binary), strings.Join(quoted, " "))
-}
-
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
