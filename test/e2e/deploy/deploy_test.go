@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -81,6 +82,7 @@ func TestDeploy(t *testing.T) {
 	}
 	t.Run("rbac", w.testRBAC)
 	t.Run("daemonset", w.testDaemonSet)
+	t.Run("kind", w.testKindOverlay)
 	t.Run("kubeadm", w.testKubeadm)
 	t.Run("swap", w.testSwap)
 }
@@ -355,6 +357,32 @@ func (w *cluster) testDaemonSet(t *testing.T) {
 	sa := w.c.CreateServiceAccount(t, metav1.NamespaceSystem, ds.Spec.Template.Spec.ServiceAccountName)
 	run := newPodRun(t, w.c, w.node.Name(), ds.Spec.Template.Spec, map[string]map[string]string{cm.Name: {"config.conf": config}}, sa)
 	w.runs(t, run, "daemonset", ds.Spec.Template.Spec.Containers[0])
+}
+
+// testKindOverlay runs the container of deploy/overlays/kind's DaemonSet
+// (as rendered: the API server only dry-ran it) the same way. Two values
+// stand in for kind's: the control-plane name in KUBERNETES_SERVICE_HOST
+// becomes the API server's address (kind's Docker DNS resolves the name),
+// and kind's pod subnet this cluster's.
+func (w *cluster) testKindOverlay(t *testing.T) {
+	var ds appsv1.DaemonSet
+	var cm v1.ConfigMap
+	w.renderedObject(t, "overlays/kind", "DaemonSet", "iptproxy", &ds)
+	w.renderedObject(t, "overlays/kind", "ConfigMap", "iptproxy", &cm)
+	config := replaceOnce(t, cm.Data["config.conf"], "clusterCIDR: 10.244.0.0/16", "clusterCIDR: "+w.clusterCIDRs())
+	u, err := url.Parse(w.c.APIServerURL())
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	env := ds.Spec.Template.Spec.Containers[0].Env
+	i := slices.IndexFunc(env, func(e v1.EnvVar) bool { return e.Name == "KUBERNETES_SERVICE_HOST" })
+	if i < 0 || env[i].Value != "iptproxy-control-plane" {
+		t.Fatalf("the kind overlay does not point KUBERNETES_SERVICE_HOST at iptproxy-control-plane: %+v", env)
+	}
+	env[i].Value = u.Hostname()
+	sa := w.c.CreateServiceAccount(t, metav1.NamespaceSystem, ds.Spec.Template.Spec.ServiceAccountName)
+	run := newPodRun(t, w.c, w.node.Name(), ds.Spec.Template.Spec, map[string]map[string]string{cm.Name: {"config.conf": config}}, sa)
+	w.runs(t, run, "kind", ds.Spec.Template.Spec.Containers[0])
 }
 
 // stored returns the DaemonSet and ConfigMap of that name in kube-system,
