@@ -36,6 +36,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --chmod=0755 hack/iptables-wrapper.sh /usr/sbin/iptables-wrapper
 RUN /usr/sbin/iptables-wrapper install
+# For the way back to kube-proxy (docs/install.md).
+COPY --chmod=0755 hack/remove-dispatch-chains.sh /usr/local/bin/remove-dispatch-chains
 COPY --from=builder /out/iptproxy /usr/local/bin/iptproxy
 RUN ln -s iptproxy /usr/local/bin/kube-proxy \
  && /usr/local/bin/kube-proxy --version

@@ -9,7 +9,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/iptproxy/iptproxy/pkg/version.Version=$(VERSION)
 export IPTPROXY_TOOLS_DIR ?= $(CURDIR)/_output/bin
 
-.PHONY: all build deps tools test unit e2e demo verify fmt vet clean image image-rootfs check-image kind-up kind-down
+.PHONY: all build deps tools test unit e2e e2e-faults demo verify fmt vet clean image image-rootfs check-image kind-up kind-down
 
 all: build
 
@@ -37,8 +37,8 @@ e2e: deps tools build
 e2e-faults: deps tools build
 	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v ./test/e2e/faults/ 2>&1 | hack/test-summary.sh
 
-## test: every test: unit, kernel and end to end
-test: deps tools build
+## test: every test: unit, kernel, the image filesystem check and end to end
+test: deps tools build check-image
 	$(GO) test -count=1 ./pkg/... ./cmd/...
 	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | hack/test-summary.sh
 

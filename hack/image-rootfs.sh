@@ -7,12 +7,14 @@
 #      (cached: skipped when the rootfs is already there for the same
 #      packages and mirror);
 #   2. install bin/iptproxy as /usr/local/bin/iptproxy and
-#      /usr/local/bin/kube-proxy, and hack/iptables-wrapper.sh as the iptables
-#      alternatives, as the Dockerfile does;
+#      /usr/local/bin/kube-proxy, hack/iptables-wrapper.sh as the iptables
+#      alternatives, and hack/remove-dispatch-chains.sh as
+#      /usr/local/bin/remove-dispatch-chains, as the Dockerfile does;
 #   3. check, chrooted into the rootfs: iptproxy --version; then, in private
 #      network namespaces, that the wrapper follows kubelet's hint chain to
-#      the legacy and to the nft backend, and that iptproxy --cleanup removes
-#      kube-proxy's chains.
+#      the legacy and to the nft backend, that remove-dispatch-chains removes
+#      unused KUBE-DSP-* chains (and only those), and that iptproxy --cleanup
+#      removes kube-proxy's chains.
 #
 # The Debian mirror is the one apt already uses (the bookworm entry of
 # /etc/apt/sources.list or /etc/apt/sources.list.d/*); set DEBIAN_MIRROR to
@@ -23,7 +25,7 @@
 #   --skip-if-unsupported  exit 0 with a SKIP message when this machine cannot
 #                          do it (not root, no network namespaces, no
 #                          debootstrap and no apt to install it, no Debian
-#                          bookworm mirror configured); for CI.
+#                          bookworm mirror configured or reachable); for CI.
 #                          IPTPROXY_SKIP_IMAGE_CHECK=1 skips unconditionally.
 set -o errexit -o nounset -o pipefail
 
@@ -149,6 +151,20 @@ unmount_under() {
   fi
 }
 
+# mirror_reachable <mirror>: fetches the suite's Release file, so that a
+# machine without network to the mirror skips (with --skip-if-unsupported)
+# instead of failing in the middle of debootstrap.
+mirror_reachable() {
+  local url="$1/dists/${suite}/Release"
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS --max-time 20 -o /dev/null "${url}" 2>/dev/null ||
+      unsupported "cannot reach the Debian mirror (${url}); set DEBIAN_MIRROR to one this machine can reach"
+  elif command -v wget >/dev/null 2>&1; then
+    wget -q -T 20 -t 1 -O /dev/null "${url}" ||
+      unsupported "cannot reach the Debian mirror (${url}); set DEBIAN_MIRROR to one this machine can reach"
+  fi
+}
+
 # The stamp records what the cached rootfs was built from.
 stamp="${rootfs}/.iptproxy-rootfs"
 build_rootfs() {
@@ -158,6 +174,7 @@ build_rootfs() {
     return
   fi
   ensure_debootstrap
+  mirror_reachable "${mirror}"
   local tmp="${rootfs}.tmp"
   unmount_under "${tmp}"
   rm -rf "${tmp}"
@@ -202,6 +219,7 @@ build_rootfs "${mirror}" "${suite} ${packages} ${mirror}"
 install -m 0755 "${binary}" "${rootfs}/usr/local/bin/iptproxy"
 ln -sfn iptproxy "${rootfs}/usr/local/bin/kube-proxy"
 install -m 0755 "${wrapper}" "${rootfs}/usr/sbin/iptables-wrapper"
+install -m 0755 "${root}/hack/remove-dispatch-chains.sh" "${rootfs}/usr/local/bin/remove-dispatch-chains"
 chroot "${rootfs}" /usr/sbin/iptables-wrapper install
 
 log "checking the binary in ${rootfs}"
@@ -232,6 +250,32 @@ check_wrapper() {
 }
 check_wrapper legacy
 check_wrapper nft
+
+# remove-dispatch-chains, through the wrapper as an operator runs it: it
+# refuses while KUBE-SERVICES still jumps into a dispatch chain, and removes
+# the tree (chains jumping to each other and to a KUBE-SVC- chain) once
+# kube-proxy has rewritten KUBE-SERVICES, leaving everything else.
+# shellcheck disable=SC2016 # expanded by the shell in the rootfs
+in_rootfs /bin/sh -eu -c '
+  iptables-nft -t mangle -N KUBE-IPTABLES-HINT
+  printf "%s\n" "*nat" ":KUBE-SERVICES - [0:0]" ":KUBE-SVC-ABCDEFGHIJKLMNOP - [0:0]" \
+    ":KUBE-DSP-0 - [0:0]" ":KUBE-DSP-01 - [0:0]" \
+    "-A KUBE-SERVICES -j KUBE-DSP-0" "-A KUBE-DSP-0 -d 10.0.0.0/8 -j KUBE-DSP-01" \
+    "-A KUBE-DSP-01 -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -j KUBE-SVC-ABCDEFGHIJKLMNOP" \
+    COMMIT | iptables-nft-restore --noflush
+  if remove-dispatch-chains; then
+    echo "remove-dispatch-chains removed chains KUBE-SERVICES still uses" >&2
+    exit 1
+  fi
+  iptables-save -t nat | grep -q "^:KUBE-DSP-01 "
+  iptables -t nat -F KUBE-SERVICES
+  remove-dispatch-chains
+  if iptables-save -t nat | grep -q KUBE-DSP-; then
+    echo "remove-dispatch-chains left KUBE-DSP- chains" >&2
+    exit 1
+  fi
+  iptables-save -t nat | grep -q "^:KUBE-SVC-ABCDEFGHIJKLMNOP "
+'
 
 # shellcheck disable=SC2016 # expanded by the shell in the rootfs
 in_rootfs /bin/sh -eu -c '

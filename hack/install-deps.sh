@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the end-to-end harness and the demo need:
 # iptables (nft and legacy backends), iproute2 (ip, bridge), conntrack,
-# ncat (handy for poking at Services by hand) and shellcheck.
+# ncat (handy for poking at Services by hand), shellcheck, and debootstrap
+# (make check-image assembles the image's filesystem with it).
 # Only packages whose command is missing are installed; safe to rerun.
 set -o errexit -o nounset -o pipefail
 
@@ -14,6 +15,7 @@ wanted=(
   conntrack:conntrack
   ncat:ncat
   shellcheck:shellcheck
+  debootstrap:debootstrap
 )
 
 missing=()

@@ -9,8 +9,10 @@
 #   - every KubeProxyConfiguration there (base, kind, kubeadm's ConfigMap)
 #     loads in iptproxy strictly (no unknown or duplicate fields);
 #   - the ClusterRole grants exactly the rules of upstream's bootstrap
-#     ClusterRole system:node-proxier, and deploy/kubeadm/daemonset.yaml is
-#     kubeadm's template with only the image swapped (both read from
+#     ClusterRole system:node-proxier, deploy/kubeadm/daemonset.yaml is
+#     kubeadm's template with only the image swapped, and
+#     deploy/kubeadm/configmap.yaml is kubeadm's ConfigMap template around
+#     its config.conf (all read from
 #     k8s.io/kubernetes in the Go module cache at the version
 #     hack/tools/k8s/go.mod pins; skipped when it is not there).
 #
@@ -120,6 +122,27 @@ else
   [[ -s "${work}/upstream" ]] || fail "system:node-proxier not found in ${k8s_src}"
   if ! diff -u "${work}/upstream" "${work}/ours"; then
     fail "ClusterRole iptproxy differs from system:node-proxier ${k8s_version} (above: - upstream, + ours)"
+  fi
+
+  # kubeadm's ConfigMap template with its values filled in: the
+  # kubeconfig.conf as kubeadm writes it, around our config.conf (whose
+  # content test/e2e/deploy's TestKubeadmConfigIsKubeadms checks).
+  awk '
+    /KubeProxyConfigMap19 = `/ { inside = 1; next }
+    inside && /^`/ { exit }
+    inside { print }
+  ' "${k8s_src}/cmd/kubeadm/app/phases/addons/proxy/manifests.go" |
+    sed -e '1{/^$/d;}' \
+      -e 's|{{ .ProxyConfigMap }}|kube-proxy|' \
+      -e 's|{{ .ControlPlaneEndpoint }}|https://192.168.0.10:6443|' \
+      -e 's|{{ .ProxyConfigMapKey }}|config.conf|' >"${work}/kubeadm-cm.tmpl"
+  grep -q '^{{ .ProxyConfig}}$' "${work}/kubeadm-cm.tmpl" ||
+    fail "kubeadm's ConfigMap template not found in ${k8s_src}"
+  sed 's/^/    /' "${work}/kubeadm.conf" >"${work}/kubeadm.conf.indented"
+  sed -e "/^{{ .ProxyConfig}}\$/{r ${work}/kubeadm.conf.indented" -e 'd;}' "${work}/kubeadm-cm.tmpl" |
+    sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' >"${work}/kubeadm-cm"
+  if ! diff -u "${work}/kubeadm-cm" deploy/kubeadm/configmap.yaml; then
+    fail "deploy/kubeadm/configmap.yaml is not kubeadm ${k8s_version}'s template (above: - kubeadm, + ours)"
   fi
 
   # kubeadm's DaemonSet template with its values filled in.

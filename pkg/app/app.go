@@ -73,6 +73,10 @@ func Run(ctx context.Context, o *options.Options) error {
 	logger = klog.LoggerWithValues(logger, "node", nodeName)
 	ctx = klog.NewContext(ctx, logger)
 
+	if err := checkPermissions(ctx, client, nodeName); err != nil {
+		return err
+	}
+
 	adjustOOMScore(logger, cfg.OOMScoreAdj)
 	applyConntrackSysctls(ctx, cfg.Conntrack)
 
