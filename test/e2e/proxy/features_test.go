@@ -368,6 +368,16 @@ func TestFeatures(t *testing.T) {
 
 	t.Run("LoadBalancer ingress IPs, ipMode and source ranges", func(t *testing.T) {
 		w.dumpOnFailure(t, w.n1)
+		t.Cleanup(func() {
+			if t.Failed() {
+				for _, a := range []string{"198.18.64.4", "fd00:198:18:64::4"} {
+					out, err := w.client.Run(context.Background(), "ip", "route", "get", a)
+					t.Logf("client route to %s: %s %v", a, out, err)
+				}
+				out, err := w.n1.Run(context.Background(), "conntrack", "-L")
+				t.Logf("node-1 conntrack: %v\n%s", err, out)
+			}
+		})
 		lb := func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeLoadBalancer }
 		svc := w.service(t, "lb", lb, w.podC.Backend(), w.podD.Backend())
 		ingress := append(w.ingressFor(1, nil), w.ingressFor(2, ptr.To(v1.LoadBalancerIPModeVIP))...)
