@@ -70,6 +70,7 @@ func newFeatureWorld(t *testing.T) *featureWorld {
 	}
 	for _, cl := range []*fw.Client{w.client, w.other} {
 		w.routeServiceAndExternal(t, cl.NS, w.n1.IP)
+		noRedirects(t, cl.NS)
 	}
 	for _, n := range nodes {
 		w.daemons = append(w.daemons, w.startIPTProxy(t, n, nil))
@@ -88,6 +89,24 @@ func (w *featureWorld) routeServiceAndExternal(t *testing.T, ns *fw.NS, gw func(
 	}
 	ns.AddRoute(t, netip.MustParsePrefix(fw.ExternalCIDRIPv4), gw(v1.IPv4Protocol))
 	ns.AddRoute(t, netip.MustParsePrefix(fw.ExternalCIDRIPv6), gw(v1.IPv6Protocol))
+}
+
+// noRedirects makes a client ignore ICMP redirects. Clients, nodes and the
+// control plane's host share one link: a packet node-1 forwards before its
+// rules exist (to a load-balancer IP written a moment earlier) goes on to
+// the host, and node-1 tells the client to use the host for that address;
+// the client then bypasses node-1 for minutes ("ip route get" showed
+// "via 198.18.0.1" in a failed run). Real clients sit behind a router or
+// load balancer, not on the nodes' link.
+func noRedirects(t *testing.T, ns *fw.NS) {
+	for _, k := range []string{
+		"net.ipv4.conf.all.accept_redirects", "net.ipv4.conf.default.accept_redirects", "net.ipv4.conf.eth0.accept_redirects",
+		"net.ipv6.conf.all.accept_redirects", "net.ipv6.conf.default.accept_redirects", "net.ipv6.conf.eth0.accept_redirects",
+	} {
+		if err := ns.SetSysctl(k, "0"); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func (w *featureWorld) startIPTProxy(t *testing.T, n *fw.Node, extra func(*kpv1alpha1.KubeProxyConfiguration)) *fw.Daemon {
