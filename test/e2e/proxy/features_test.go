@@ -708,6 +708,7 @@ func TestFeatures(t *testing.T) {
 					t.Errorf("%s %s with masqueradeAll: source %v, want node-4's %v", fam, proto, r.Source.Addr(), n4.IP(fam))
 				}
 				// Without it (node-1), the pod's own source is kept.
+				w.podB.WaitForBackends(t, proto, addr, names(w.podC), converge)
 				if r := w.podB.MustRequest(t, proto, addr); r.Source.Addr() != w.podB.IP(fam) {
 					t.Errorf("%s %s without masqueradeAll: source %v, want pod-b's %v", fam, proto, r.Source.Addr(), w.podB.IP(fam))
 				}
