@@ -228,6 +228,20 @@ func unanswered(t *testing.T, from *fw.NS, proto v1.Protocol, addr netip.AddrPor
 	}
 }
 
+// eventuallyUnanswered waits until requests get no answer (after a change
+// that removes the path).
+func eventuallyUnanswered(t *testing.T, from *fw.NS, proto v1.Protocol, addr netip.AddrPort) {
+	t.Helper()
+	fw.Eventually(t, converge, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if r, err := from.Request(ctx, proto, addr); err == nil {
+			return fmt.Errorf("%s %s from %s still answered by %v", proto, addr, from.Name(), r)
+		}
+		return nil
+	})
+}
+
 // waitUntilOnly waits until the n requests in a row are answered only by
 // backends in want (for transitions, where old backends may answer while
 // the rules converge).
@@ -451,6 +465,25 @@ func TestFeatures(t *testing.T) {
 				w.client.WaitForBackends(t, proto, addr, names(w.podC, w.podD), converge)
 			}
 		}
+		// With Local policy, reached through node-2: pod-c only, and the
+		// client's own source.
+		w.service(t, "extip-local", func(s *v1.Service) {
+			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+			for _, f := range w.families {
+				s.Spec.ExternalIPs = append(s.Spec.ExternalIPs, w.c.ExternalIP(f, 11).String())
+			}
+		}, w.podC.Backend(), w.podD.Backend())
+		for _, fam := range w.families {
+			w.client.AddRoute(t, hostPrefix(w.c.ExternalIP(fam, 11)), w.n2.IP(fam))
+			addr := netip.AddrPortFrom(w.c.ExternalIP(fam, 11), 80)
+			for _, proto := range protos {
+				w.client.WaitForBackends(t, proto, addr, names(w.podC), converge)
+				onlyFrom(t, w.client.NS, proto, addr, 10, "pod-c")
+				if r := w.client.MustRequest(t, proto, addr); r.Source.Addr() != w.client.IP(fam) {
+					t.Errorf("%s %s Local-policy external IP: source %v, want the client's %v", fam, proto, r.Source.Addr(), w.client.IP(fam))
+				}
+			}
+		}
 	})
 
 	t.Run("externalTrafficPolicy Local: source kept, health checks, short-circuit", func(t *testing.T) {
@@ -492,7 +525,7 @@ func TestFeatures(t *testing.T) {
 
 	t.Run("health-check port taken: Event on the Service, others keep serving", func(t *testing.T) {
 		const port = 32123
-		w.n1.StartEcho(t, fw.EchoOptions{Name: "squatter", TCP: []int{port}})
+		squatter := w.n1.StartEcho(t, fw.EchoOptions{Name: "squatter", TCP: []int{port}})
 		svc := w.service(t, "hc-taken", func(s *v1.Service) {
 			s.Spec.Type = v1.ServiceTypeLoadBalancer
 			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
@@ -518,6 +551,11 @@ func TestFeatures(t *testing.T) {
 		if r := w.client.MustRequest(t, v1.ProtocolTCP, netip.AddrPortFrom(w.n1.IP(v1.IPv4Protocol), port)); r.Name != "squatter" {
 			t.Errorf("port %d on node-1 answered by %s, want the process that holds it", port, r.Name)
 		}
+		// Once the port is free, a later sync opens it.
+		if err := squatter.Stop(t.Context(), 2*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		checkHealth(t, w.client.NS, netip.AddrPortFrom(w.n1.IP(v1.IPv4Protocol), port), svc, http.StatusServiceUnavailable, 0)
 	})
 
 	t.Run("internalTrafficPolicy Local", func(t *testing.T) {
@@ -717,6 +755,49 @@ func TestFeatures(t *testing.T) {
 				}
 			}
 		}
+	})
+
+	t.Run("Service changes converge: ingress removed, type changed, Service deleted", func(t *testing.T) {
+		svc := w.service(t, "changing", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeLoadBalancer }, w.podC.Backend())
+		svc = w.setIngress(t, svc, w.ingressFor(30, nil)...)
+		fam := v1.IPv4Protocol
+		lbAddr := netip.AddrPortFrom(w.c.ExternalIP(fam, 30), 80)
+		npAddr := addrOn(w.n1, fam, svc.Spec.Ports[0].NodePort)
+		cipAddr := fw.ServiceAddr(svc, fam, 80)
+		w.client.WaitForBackends(t, v1.ProtocolTCP, lbAddr, names(w.podC), converge)
+		w.client.WaitForBackends(t, v1.ProtocolTCP, npAddr, names(w.podC), converge)
+
+		w.setIngress(t, svc)
+		eventuallyUnanswered(t, w.client.NS, v1.ProtocolTCP, lbAddr)
+		w.client.WaitForBackends(t, v1.ProtocolTCP, npAddr, names(w.podC), converge)
+
+		api := w.c.Client().CoreV1().Services(svc.Namespace)
+		cur, err := api.Get(t.Context(), svc.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur.Spec.Type = v1.ServiceTypeClusterIP
+		cur.Spec.ExternalTrafficPolicy = ""
+		cur.Spec.AllocateLoadBalancerNodePorts = nil
+		for i := range cur.Spec.Ports {
+			cur.Spec.Ports[i].NodePort = 0
+		}
+		if _, err := api.Update(t.Context(), cur, metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("turning %s into a ClusterIP Service: %v", svc.Name, err)
+		}
+		eventuallyUnanswered(t, w.client.NS, v1.ProtocolTCP, npAddr)
+		w.podB.WaitForBackends(t, v1.ProtocolTCP, cipAddr, names(w.podC), converge)
+
+		if err := api.Delete(t.Context(), svc.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventuallyUnanswered(t, w.podB.NS, v1.ProtocolTCP, cipAddr)
+		fw.Eventually(t, converge, func(context.Context) error {
+			if hasServiceChain(t, w.n1, fam, svc, "tcp", v1.ProtocolTCP) {
+				return errors.New("the deleted Service's KUBE-SVC chain is still there")
+			}
+			return nil
+		})
 	})
 
 	t.Run("health-check answers match upstream kube-proxy", func(t *testing.T) {
