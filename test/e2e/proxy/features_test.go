@@ -551,7 +551,12 @@ func TestFeatures(t *testing.T) {
 		if r := w.client.MustRequest(t, v1.ProtocolTCP, netip.AddrPortFrom(w.n1.IP(v1.IPv4Protocol), port)); r.Name != "squatter" {
 			t.Errorf("port %d on node-1 answered by %s, want the process that holds it", port, r.Name)
 		}
-		// Once the port is free, a later sync opens it.
+		// Once the port is free, a later sync opens it. This goes beyond
+		// kube-proxy v1.37, which tries once per Service change (seen
+		// when this test runs with IPTPROXY_BIN=kube-proxy).
+		if w.daemons[0].Name() == "kube-proxy" {
+			return
+		}
 		if err := squatter.Stop(t.Context(), 2*time.Second); err != nil {
 			t.Fatal(err)
 		}
