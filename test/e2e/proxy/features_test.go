@@ -563,6 +563,25 @@ func TestFeatures(t *testing.T) {
 		checkHealth(t, w.client.NS, netip.AddrPortFrom(w.n1.IP(v1.IPv4Protocol), port), svc, http.StatusServiceUnavailable, 0)
 	})
 
+	t.Run("externalTrafficPolicy Local with only a terminating local endpoint", func(t *testing.T) {
+		term := w.podC.Backend()
+		term.Terminating = true
+		svc := w.service(t, "etp-terminating", func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		}, term, w.podD.Backend())
+		hc := uint16(svc.Spec.HealthCheckNodePort)
+		for _, fam := range w.families {
+			// node-2 still sends new connections to its serving,
+			// terminating pod, but tells load balancers to drain it.
+			addr := addrOn(w.n2, fam, svc.Spec.Ports[0].NodePort)
+			w.client.WaitForBackends(t, v1.ProtocolTCP, addr, names(w.podC), converge)
+			onlyFrom(t, w.client.NS, v1.ProtocolTCP, addr, 10, "pod-c")
+			checkHealth(t, w.client.NS, netip.AddrPortFrom(w.n2.IP(fam), hc), svc, http.StatusServiceUnavailable, 0)
+			checkHealth(t, w.client.NS, netip.AddrPortFrom(w.n3.IP(fam), hc), svc, http.StatusOK, 1)
+		}
+	})
+
 	t.Run("internalTrafficPolicy Local", func(t *testing.T) {
 		svc := w.service(t, "itp-local", func(s *v1.Service) {
 			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
@@ -582,22 +601,31 @@ func TestFeatures(t *testing.T) {
 	t.Run("sessionAffinity ClientIP sticks to one endpoint", func(t *testing.T) {
 		svc := w.service(t, "sticky", func(s *v1.Service) {
 			s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
-			s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](2)}}
+			s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](3)}}
 		}, w.podA.Backend(), w.podC.Backend(), w.podD.Backend())
+		type vantage struct {
+			from  *fw.NS
+			proto v1.Protocol
+		}
 		for _, fam := range w.families {
 			addr := fw.ServiceAddr(svc, fam, 80)
-			for _, from := range []*fw.NS{w.podB.NS, w.client.NS} {
+			for _, v := range []vantage{{w.podB.NS, v1.ProtocolTCP}, {w.podB.NS, v1.ProtocolUDP}, {w.client.NS, v1.ProtocolTCP}} {
 				fw.Eventually(t, converge, func(ctx context.Context) error {
-					_, err := from.Request(ctx, v1.ProtocolTCP, addr)
+					_, err := v.from.Request(ctx, v.proto, addr)
 					return err
 				})
 				for round := range 2 {
-					seen := requests(t, from, v1.ProtocolTCP, addr, 15)
+					// Every request is a new connection (a new UDP
+					// socket): only the affinity keeps the endpoint.
+					seen := requests(t, v.from, v.proto, addr, 15)
 					if len(seen) != 1 {
-						t.Errorf("%s from %s, round %d: answered by %v, want one endpoint", fam, from.Name(), round, seen)
+						t.Errorf("%s %s from %s, round %d: answered by %v, want one endpoint", fam, v.proto, v.from.Name(), round, seen)
 					}
-					// After the timeout the choice may change; it must stick again.
-					time.Sleep(3 * time.Second)
+					if round == 0 {
+						// After the timeout the choice may change;
+						// it must stick again.
+						time.Sleep(4 * time.Second)
+					}
 				}
 			}
 		}
