@@ -37,6 +37,11 @@ e2e: deps tools build
 e2e-faults: deps tools build
 	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v ./test/e2e/faults/ 2>&1 | hack/test-summary.sh
 
+.PHONY: e2e-parity
+## e2e-parity: the Service feature suite with upstream kube-proxy on every node (same expectations)
+e2e-parity: deps tools
+	IPTPROXY_BIN=$(IPTPROXY_TOOLS_DIR)/kube-proxy $(GO) test -count=1 -timeout 20m -v -run TestFeatures ./test/e2e/proxy/ 2>&1 | hack/test-summary.sh
+
 ## test: every test: unit, kernel, the image filesystem check and end to end
 test: deps tools build check-image
 	$(GO) test -count=1 ./pkg/... ./cmd/...
