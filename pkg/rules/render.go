@@ -94,9 +94,9 @@ type Stats struct {
 // serviceRules are the rules one Service port contributes.
 type serviceRules struct {
 	natChains []*Chain
-	// Entries for the shared chains, as rule bodies.
-	natServices, natNodePorts                                 []string
-	filterServices, filterExternal, filterFW, filterNodePorts []string
+	// Entries for the shared chains, keyed for the dispatch tree.
+	natServices, natNodePorts                                 []dispatchEntry
+	filterServices, filterExternal, filterFW, filterNodePorts []dispatchEntry
 	noLocalInternal, noLocalExternal                          bool
 }
 
@@ -148,8 +148,8 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 	}
 
 	var (
-		natServices, natNodePorts                                 []string
-		filterServices, filterExternal, filterFW, filterNodePorts []string
+		natServices, natNodePorts                                 []dispatchEntry
+		filterServices, filterExternal, filterFW, filterNodePorts []dispatchEntry
 		svcChains                                                 []*Chain
 	)
 	for _, spn := range names {
@@ -174,13 +174,28 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		filterNodePorts = append(filterNodePorts, sr.filterNodePorts...)
 		svcChains = append(svcChains, sr.natChains...)
 	}
-	natServices = append(natServices, r.nodePortsTail()...)
-
 	cfg := &r.cfg
+	fam := string(cfg.Family)
+	var dispatchNAT, dispatchFilter []*Chain
+	tree := func(table, root string, entries []dispatchEntry, into *[]*Chain) []string {
+		for i := range entries {
+			entries[i].seq = i
+		}
+		top, chains := buildDispatch(fam, table, root, entries)
+		*into = append(*into, chains...)
+		return top
+	}
+	natServicesRules := append(tree("nat", ChainServices, natServices, &dispatchNAT), r.nodePortsTail()...)
+	natNodePortsRules := tree("nat", ChainNodePorts, natNodePorts, &dispatchNAT)
+	filterServicesRules := tree("filter", ChainServices, filterServices, &dispatchFilter)
+	filterExternalRules := tree("filter", ChainExternalServices, filterExternal, &dispatchFilter)
+	filterFWRules := tree("filter", ChainProxyFirewall, filterFW, &dispatchFilter)
+	filterNodePortsRules := tree("filter", ChainNodePorts, filterNodePorts, &dispatchFilter)
+
 	mark := cfg.masqMark()
 	rs.NAT = []*Chain{
-		{Name: ChainServices, Rules: natServices},
-		{Name: ChainNodePorts, Rules: natNodePorts},
+		{Name: ChainServices, Rules: natServicesRules},
+		{Name: ChainNodePorts, Rules: natNodePortsRules},
 		{Name: ChainPostrouting, Rules: []string{
 			(&rule{}).match("-m", "mark", "!", "--mark", mark+"/"+mark).jump("RETURN").line(),
 			(&rule{}).jump("MARK", "--set-xmark", mark+"/0x0").line(),
@@ -188,6 +203,7 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		}},
 		{Name: ChainMarkMasq, Rules: []string{(&rule{}).jump("MARK", "--set-xmark", mark+"/"+mark).line()}},
 	}
+	rs.NAT = append(rs.NAT, dispatchNAT...)
 	rs.NAT = append(rs.NAT, svcChains...)
 
 	var forward []string
@@ -199,12 +215,13 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		(&rule{}).comment("kubernetes forwarding conntrack rule").match("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED").jump("ACCEPT").line(),
 	)
 	rs.Filter = []*Chain{
-		{Name: ChainServices, Rules: filterServices},
-		{Name: ChainExternalServices, Rules: filterExternal},
+		{Name: ChainServices, Rules: filterServicesRules},
+		{Name: ChainExternalServices, Rules: filterExternalRules},
 		{Name: ChainForward, Rules: forward},
-		{Name: ChainNodePorts, Rules: filterNodePorts},
-		{Name: ChainProxyFirewall, Rules: filterFW},
+		{Name: ChainNodePorts, Rules: filterNodePortsRules},
+		{Name: ChainProxyFirewall, Rules: filterFWRules},
 	}
+	rs.Filter = append(rs.Filter, dispatchFilter...)
 	if !cfg.isIPv6() && cfg.LocalhostNodePorts {
 		rs.Filter = append(rs.Filter, &Chain{Name: ChainKubeletFirewall, Rules: []string{
 			(&rule{src: "127.0.0.0/8", notSrc: true, dst: "127.0.0.0/8"}).
@@ -294,12 +311,17 @@ func (r *Renderer) renderServicePort(sp *proxy.ServicePort, eps []*proxy.Endpoin
 		}
 		return []string{target}
 	}
-	dispatch := func(dst netip.Addr, comment, target string) string {
-		return (&rule{dst: hostPrefix(dst), proto: proto}).comment(comment).dport(sp.Port).jump(target).line()
+	dispatch := func(dst netip.Addr, comment, target string) dispatchEntry {
+		return dispatchEntry{key: addrKey(dst), kind: keyAddr,
+			body: (&rule{dst: hostPrefix(dst), proto: proto}).comment(comment).dport(sp.Port).jump(target).line()}
 	}
-	verdict := func(dst netip.Addr, comment, target string) string {
+	verdict := func(dst netip.Addr, comment, target string) dispatchEntry {
 		v := filterVerdict(target)
-		return (&rule{dst: hostPrefix(dst), proto: proto}).comment(comment).dport(sp.Port).jump(v[0], v[1:]...).line()
+		return dispatchEntry{key: addrKey(dst), kind: keyAddr,
+			body: (&rule{dst: hostPrefix(dst), proto: proto}).comment(comment).dport(sp.Port).jump(v[0], v[1:]...).line()}
+	}
+	portEntry := func(port int, body string) dispatchEntry {
+		return dispatchEntry{key: portKey(proto, port), kind: keyPort, body: body}
 	}
 
 	// ClusterIP.
@@ -334,20 +356,20 @@ func (r *Renderer) renderServicePort(sp *proxy.ServicePort, eps []*proxy.Endpoin
 	// NodePort.
 	if sp.NodePort != 0 {
 		if cat.HasAny {
-			sr.natNodePorts = append(sr.natNodePorts,
-				(&rule{proto: proto}).comment(name).match("-m", proto, "--dport", itoa(sp.NodePort)).jump(chains.External).line())
+			sr.natNodePorts = append(sr.natNodePorts, portEntry(sp.NodePort,
+				(&rule{proto: proto}).comment(name).match("-m", proto, "--dport", itoa(sp.NodePort)).jump(chains.External).line()))
 		}
 		if !hasExternal {
 			v := filterVerdict(externalTarget)
-			sr.filterExternal = append(sr.filterExternal,
+			sr.filterExternal = append(sr.filterExternal, portEntry(sp.NodePort,
 				(&rule{proto: proto}).comment(externalComment).match("-m", "addrtype", "--dst-type", "LOCAL").
-					match("-m", proto, "--dport", itoa(sp.NodePort)).jump(v[0], v[1:]...).line())
+					match("-m", proto, "--dport", itoa(sp.NodePort)).jump(v[0], v[1:]...).line()))
 		}
 	}
 	// Health-check node port.
 	if sp.HealthCheckNodePort != 0 {
-		sr.filterNodePorts = append(sr.filterNodePorts,
-			(&rule{proto: "tcp"}).comment(name+" health check node port").match("-m", "tcp", "--dport", itoa(sp.HealthCheckNodePort)).jump("ACCEPT").line())
+		sr.filterNodePorts = append(sr.filterNodePorts, dispatchEntry{key: portKey("tcp", sp.HealthCheckNodePort), kind: keyPort,
+			body: (&rule{proto: "tcp"}).comment(name+" health check node port").match("-m", "tcp", "--dport", itoa(sp.HealthCheckNodePort)).jump("ACCEPT").line()})
 	}
 
 	// Chains of the Service port.
