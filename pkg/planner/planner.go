@@ -101,11 +101,24 @@ func ParseSave(save []byte) map[string][]string {
 	return chains
 }
 
+// DefaultMaxLines is the size, in restore lines, above which a plan is
+// split into several transactions. On iptables-nft one transaction of some
+// 435,000 lines fails with ENOBUFS, and a transaction is cheapest when it
+// writes many small complete chains (see docs/dispatch-tree.md).
+const DefaultMaxLines = 30000
+
 // Plan is the result of comparing desired rules with the record.
 type Plan struct {
-	// Payload is the iptables-restore input (both tables); empty when
-	// nothing needs writing.
+	// Payload is the whole iptables-restore input (both tables); empty when
+	// nothing needs writing. It is the concatenation of Transactions.
 	Payload []byte
+	// Transactions are the iptables-restore --noflush inputs to apply, in
+	// order, each in its own run. A small plan is one transaction. A large
+	// one is split make-before-break: every chain is declared, flushed and
+	// filled in one transaction; a chain is written after the chains it
+	// jumps to; chains are deleted only in the last transaction, after
+	// nothing references them any more.
+	Transactions [][]byte
 	// Written, Deleted list the chains rewritten and deleted, per table.
 	Written map[iptables.Table][]string
 	Deleted map[iptables.Table][]string
@@ -118,60 +131,180 @@ type Plan struct {
 // Changed reports whether the plan writes anything.
 func (p *Plan) Changed() bool { return len(p.Payload) > 0 }
 
-// Compute plans the change from the record to desired. owned says which
-// chains iptproxy may delete when it no longer wants them.
+// Compute plans the change from the record to desired, splitting it into
+// transactions of about DefaultMaxLines lines. owned says which chains
+// iptproxy may delete when it no longer wants them.
 func Compute(desired *rules.Ruleset, applied *Applied, owned func(string) bool) *Plan {
+	return ComputeChunked(desired, applied, owned, DefaultMaxLines)
+}
+
+// tablePlan is what a plan writes in one table.
+type tablePlan struct {
+	name    iptables.Table
+	written []*rules.Chain
+	deleted []string
+	lines   int
+}
+
+// ComputeChunked is Compute with transactions of at most maxLines lines
+// (a chain longer than that gets a transaction of its own); maxLines <= 0
+// means one transaction, however large.
+func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string) bool, maxLines int) *Plan {
 	p := &Plan{
 		Written: map[iptables.Table][]string{},
 		Deleted: map[iptables.Table][]string{},
 		desired: map[iptables.Table]map[string]uint64{},
 	}
-	var buf bytes.Buffer
+	var tables []*tablePlan
+	total := 0
 	for _, t := range []struct {
 		name   iptables.Table
 		chains []*rules.Chain
 	}{{iptables.TableFilter, desired.Filter}, {iptables.TableNAT, desired.NAT}} {
 		have := applied.tables[t.name]
 		want := make(map[string]uint64, len(t.chains))
-		var decl, body bytes.Buffer
-		var written []string
+		tp := &tablePlan{name: t.name}
 		for _, c := range t.chains {
 			h := hashRules(c.Rules)
 			want[c.Name] = h
 			if old, ok := have[c.Name]; ok && old == h {
 				continue
 			}
-			written = append(written, c.Name)
-			decl.WriteString(":" + c.Name + " - [0:0]\n")
-			for _, r := range c.Rules {
-				body.WriteString("-A " + c.Name + " " + r + "\n")
-				p.Rules++
-			}
+			tp.written = append(tp.written, c)
+			p.Written[t.name] = append(p.Written[t.name], c.Name)
+			tp.lines += 1 + len(c.Rules)
+			p.Rules += len(c.Rules)
 		}
-		var deleted []string
 		for name := range have {
 			if _, ok := want[name]; !ok && owned(name) {
-				deleted = append(deleted, name)
+				tp.deleted = append(tp.deleted, name)
 			}
 		}
-		slices.Sort(deleted)
-		for _, name := range deleted {
-			decl.WriteString(":" + name + " - [0:0]\n")
-			body.WriteString("-X " + name + "\n")
-		}
+		slices.Sort(tp.deleted)
+		tp.lines += 2 * len(tp.deleted)
 		p.desired[t.name] = want
-		if len(written) == 0 && len(deleted) == 0 {
+		if len(tp.written) == 0 && len(tp.deleted) == 0 {
 			continue
 		}
-		p.Written[t.name] = written
-		p.Deleted[t.name] = deleted
-		buf.WriteString("*" + string(t.name) + "\n")
-		buf.Write(decl.Bytes())
-		buf.Write(body.Bytes())
-		buf.WriteString("COMMIT\n")
+		p.Deleted[t.name] = tp.deleted
+		tables = append(tables, tp)
+		total += tp.lines
 	}
-	p.Payload = buf.Bytes()
+	if len(tables) == 0 {
+		return p
+	}
+	if maxLines <= 0 || total <= maxLines {
+		var buf bytes.Buffer
+		for _, tp := range tables {
+			writeTable(&buf, tp.name, tp.written, tp.deleted)
+		}
+		p.Transactions = [][]byte{buf.Bytes()}
+	} else {
+		p.Transactions = chunk(tables, maxLines)
+	}
+	for _, tx := range p.Transactions {
+		p.Payload = append(p.Payload, tx...)
+	}
 	return p
+}
+
+// writeTable writes one table's section of a restore payload: the
+// declarations (which flush existing chains), the rules, the deletions.
+func writeTable(buf *bytes.Buffer, table iptables.Table, written []*rules.Chain, deleted []string) {
+	buf.WriteString("*" + string(table) + "\n")
+	for _, c := range written {
+		buf.WriteString(":" + c.Name + " - [0:0]\n")
+	}
+	for _, name := range deleted {
+		buf.WriteString(":" + name + " - [0:0]\n")
+	}
+	for _, c := range written {
+		for _, r := range c.Rules {
+			buf.WriteString("-A " + c.Name + " " + r + "\n")
+		}
+	}
+	for _, name := range deleted {
+		buf.WriteString("-X " + name + "\n")
+	}
+	buf.WriteString("COMMIT\n")
+}
+
+// chunk splits a large plan into transactions: each table's written chains
+// in dependency order (a chain after every written chain it jumps to),
+// packed into transactions of at most maxLines lines, then one last
+// transaction with every deletion.
+func chunk(tables []*tablePlan, maxLines int) [][]byte {
+	var out [][]byte
+	for _, tp := range tables {
+		ordered := dependencyOrder(tp.written)
+		for i := 0; i < len(ordered); {
+			j, lines := i, 0
+			for j < len(ordered) && (j == i || lines+1+len(ordered[j].Rules) <= maxLines) {
+				lines += 1 + len(ordered[j].Rules)
+				j++
+			}
+			var buf bytes.Buffer
+			writeTable(&buf, tp.name, ordered[i:j], nil)
+			out = append(out, buf.Bytes())
+			i = j
+		}
+	}
+	var buf bytes.Buffer
+	for _, tp := range tables {
+		if len(tp.deleted) > 0 {
+			writeTable(&buf, tp.name, nil, tp.deleted)
+		}
+	}
+	if buf.Len() > 0 {
+		out = append(out, buf.Bytes())
+	}
+	return out
+}
+
+// dependencyOrder sorts chains so that each comes after the chains of the
+// list it jumps to (by level: 0 for chains that jump to none of them, else
+// one more than the highest level they jump to), keeping the given order
+// within a level.
+func dependencyOrder(chains []*rules.Chain) []*rules.Chain {
+	byName := make(map[string]*rules.Chain, len(chains))
+	for _, c := range chains {
+		byName[c.Name] = c
+	}
+	level := make(map[string]int, len(chains))
+	var visit func(c *rules.Chain, depth int) int
+	visit = func(c *rules.Chain, depth int) int {
+		if l, ok := level[c.Name]; ok {
+			return l
+		}
+		l := 0
+		if depth < len(chains) { // iptables forbids loops; never recurse forever
+			for _, r := range c.Rules {
+				if t, ok := byName[jumpTarget(r)]; ok && t != c {
+					l = max(l, 1+visit(t, depth+1))
+				}
+			}
+		}
+		level[c.Name] = l
+		return l
+	}
+	for _, c := range chains {
+		visit(c, 0)
+	}
+	out := slices.Clone(chains)
+	slices.SortStableFunc(out, func(a, b *rules.Chain) int { return level[a.Name] - level[b.Name] })
+	return out
+}
+
+// jumpTarget returns the chain or target a rule body jumps (-j) or goes
+// (-g) to, or "".
+func jumpTarget(body string) string {
+	f := strings.Fields(body)
+	for i := len(f) - 2; i >= 0; i-- {
+		if f[i] == "-j" || f[i] == "-g" {
+			return f[i+1]
+		}
+	}
+	return ""
 }
 
 // Commit records that the plan was applied successfully. Chains that are

@@ -57,7 +57,18 @@ type Options struct {
 	Conntrack conntrack.Interface
 	// Clock returns the time; time.Now when nil.
 	Clock func() time.Time
+	// MaxRestoreLines is the plan size, in restore lines, above which a
+	// sync is split into several iptables-restore transactions; 0 means
+	// planner.DefaultMaxLines, or legacyMaxRestoreLines on the legacy
+	// backend (where every transaction rewrites the whole table, so fewer
+	// is faster); negative means never split.
+	MaxRestoreLines int
 }
+
+// legacyMaxRestoreLines is the default transaction size on the legacy
+// backend: it restores 435,000 lines in one transaction in ~6 s, while each
+// extra transaction into a table that size costs ~1.5 s.
+const legacyMaxRestoreLines = 500000
 
 // SyncReport describes one sync, for logs and /debug/last-sync.
 type SyncReport struct {
@@ -71,7 +82,10 @@ type SyncReport struct {
 	ChainsDeleted map[string][]string `json:"chainsDeleted,omitempty"`
 	RulesWritten  int                 `json:"rulesWritten"`
 	BytesWritten  int                 `json:"bytesWritten"`
-	Error         string              `json:"error,omitempty"`
+	// Transactions is the number of iptables-restore runs the sync made
+	// (large syncs are split; see planner.Plan.Transactions).
+	Transactions int    `json:"transactions"`
+	Error        string `json:"error,omitempty"`
 }
 
 // Proxier programs one IP family. Create it with New, feed it events with
@@ -316,7 +330,7 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 		logger.Info("Synced rules", "full", full, "elapsed", report.Duration, "changedServices", report.Services,
 			"renderedServicePorts", report.Rendered, "chainsWritten", countAll(report.ChainsWritten),
 			"chainsDeleted", countAll(report.ChainsDeleted), "rulesWritten", report.RulesWritten,
-			"bytes", report.BytesWritten, "err", err)
+			"bytes", report.BytesWritten, "transactions", report.Transactions, "err", err)
 	}()
 	if m != nil {
 		m.ServiceChangesTotal.Add(float64(change.ServiceEvents))
@@ -363,16 +377,18 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 
 	rs := p.renderer.Render(state, changed)
 	report.Rendered = rs.Stats.Rendered
-	plan := planner.Compute(rs, p.applied, rules.IsServiceChain)
+	plan := planner.ComputeChunked(rs, p.applied, rules.IsServiceChain, p.maxRestoreLines())
 	report.RulesWritten = plan.Rules
 	report.BytesWritten = len(plan.Payload)
 	report.ChainsWritten = tableMap(plan.Written)
 	report.ChainsDeleted = tableMap(plan.Deleted)
-	if plan.Changed() {
-		if err := p.opts.IPTables.Restore(ctx, plan.Payload); err != nil {
+	for i, tx := range plan.Transactions {
+		report.Transactions++
+		if err := p.opts.IPTables.Restore(ctx, tx); err != nil {
 			var rerr *iptables.RestoreError
 			if errors.As(err, &rerr) {
-				logger.Error(err, "iptables-restore failed", "failingLines", rerr.FailingLines(plan.Payload, 3))
+				logger.Error(err, "iptables-restore failed", "transaction", i+1, "transactions", len(plan.Transactions),
+					"failingLines", rerr.FailingLines(tx, 3))
 			}
 			if m != nil {
 				m.IPTablesRestoreFailuresTotal.WithLabelValues(fam).Inc()
@@ -383,7 +399,7 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 			// What the kernel holds is no longer known for sure.
 			p.applied.Forget(iptables.TableFilter)
 			p.applied.Forget(iptables.TableNAT)
-			return fmt.Errorf("applying %d rules: %w", plan.Rules, err)
+			return fmt.Errorf("applying %d rules (transaction %d of %d): %w", plan.Rules, i+1, len(plan.Transactions), err)
 		}
 	}
 	p.applied.Commit(plan, rules.IsServiceChain)
@@ -410,6 +426,20 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 		}
 	}
 	return nil
+}
+
+// maxRestoreLines returns the transaction size limit for the planner.
+func (p *Proxier) maxRestoreLines() int {
+	switch n := p.opts.MaxRestoreLines; {
+	case n < 0:
+		return 0
+	case n > 0:
+		return n
+	}
+	if b, ok := p.opts.IPTables.(interface{ Backend() iptables.Backend }); ok && b.Backend() == iptables.BackendLegacy {
+		return legacyMaxRestoreLines
+	}
+	return planner.DefaultMaxLines
 }
 
 // ensureBase creates our top-level chains, the jumps to them from the
