@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/ptr"
 
+	"github.com/iptproxy/iptproxy/pkg/iptables"
 	iptablestest "github.com/iptproxy/iptproxy/pkg/iptables/testing"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
@@ -120,8 +121,14 @@ func (c scaleCluster) slice(i int) *discovery.EndpointSlice {
 // fakeProxier returns a proxier on a fake iptables loaded with the
 // cluster, not yet synced.
 func (c scaleCluster) fakeProxier(t testing.TB) (*Proxier, *iptablestest.Fake) {
-	logger, _ := ktesting.NewTestContext(t)
 	ipt := iptablestest.NewFake(c.family)
+	return c.proxier(t, ipt), ipt
+}
+
+// proxier returns a proxier on ipt loaded with the cluster, not yet
+// synced.
+func (c scaleCluster) proxier(t testing.TB, ipt iptables.Interface) *Proxier {
+	logger, _ := ktesting.NewTestContext(t)
 	p := New(logger, Options{
 		Rules: rules.Config{
 			Family:        c.family,
@@ -138,7 +145,7 @@ func (c scaleCluster) fakeProxier(t testing.TB) (*Proxier, *iptablestest.Fake) {
 	}
 	p.OnServicesSynced()
 	p.OnEndpointSlicesSynced()
-	return p, ipt
+	return p
 }
 
 // dispatchCost counts the rules a path evaluated in the nat dispatch
