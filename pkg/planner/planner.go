@@ -18,14 +18,24 @@ import (
 	"github.com/iptproxy/iptproxy/pkg/rules"
 )
 
-// Applied is what iptproxy believes a table holds: a content hash per chain.
+// Applied is what iptproxy believes a table holds: a content hash per chain
+// (never the rules themselves, to keep memory small at scale).
 type Applied struct {
-	tables map[iptables.Table]map[string]uint64
+	tables map[iptables.Table]map[string]appliedChain
+}
+
+// appliedChain is the record of one chain.
+type appliedChain struct {
+	hash uint64
+	// src is the desired chain the hash was taken from, if any: the
+	// renderer hands out the same *rules.Chain, never modified, while a
+	// Service is unchanged, so a pointer match skips hashing its rules.
+	src *rules.Chain
 }
 
 // NewApplied returns an empty record (nothing known to exist).
 func NewApplied() *Applied {
-	return &Applied{tables: map[iptables.Table]map[string]uint64{}}
+	return &Applied{tables: map[iptables.Table]map[string]appliedChain{}}
 }
 
 // Chains returns how many chains the record holds for table.
@@ -55,9 +65,9 @@ func hashRules(rules []string) uint64 {
 // it holds. Built-in chains are ignored.
 func (a *Applied) Adopt(table iptables.Table, save []byte) {
 	chains := ParseSave(save)
-	m := make(map[string]uint64, len(chains))
+	m := make(map[string]appliedChain, len(chains))
 	for name, body := range chains {
-		m[name] = hashRules(body)
+		m[name] = appliedChain{hash: hashRules(body)}
 	}
 	a.tables[table] = m
 }
@@ -125,7 +135,15 @@ type Plan struct {
 	// Rules is the number of rule lines in the payload.
 	Rules int
 
-	desired map[iptables.Table]map[string]uint64
+	// commit is what Commit records: the chains written or found equal
+	// to what is recorded (with their new source), and the deletions.
+	commit map[iptables.Table]*tableCommit
+}
+
+// tableCommit is the change to one table's record.
+type tableCommit struct {
+	set     map[string]appliedChain
+	deleted []string
 }
 
 // Changed reports whether the plan writes anything.
@@ -153,7 +171,7 @@ func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string)
 	p := &Plan{
 		Written: map[iptables.Table][]string{},
 		Deleted: map[iptables.Table][]string{},
-		desired: map[iptables.Table]map[string]uint64{},
+		commit:  map[iptables.Table]*tableCommit{},
 	}
 	var tables []*tablePlan
 	total := 0
@@ -162,12 +180,21 @@ func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string)
 		chains []*rules.Chain
 	}{{iptables.TableFilter, desired.Filter}, {iptables.TableNAT, desired.NAT}} {
 		have := applied.tables[t.name]
-		want := make(map[string]uint64, len(t.chains))
+		tc := &tableCommit{set: map[string]appliedChain{}}
+		p.commit[t.name] = tc
 		tp := &tablePlan{name: t.name}
+		matchedOwned := 0
 		for _, c := range t.chains {
+			old, ok := have[c.Name]
+			if ok && owned(c.Name) {
+				matchedOwned++
+			}
+			if ok && old.src == c {
+				continue
+			}
 			h := hashRules(c.Rules)
-			want[c.Name] = h
-			if old, ok := have[c.Name]; ok && old == h {
+			tc.set[c.Name] = appliedChain{hash: h, src: c}
+			if ok && old.hash == h {
 				continue
 			}
 			tp.written = append(tp.written, c)
@@ -175,14 +202,28 @@ func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string)
 			tp.lines += 1 + len(c.Rules)
 			p.Rules += len(c.Rules)
 		}
+		// Owned chains recorded but not desired are deleted. Usually every
+		// owned chain recorded is desired: count before building a set.
+		haveOwned := 0
 		for name := range have {
-			if _, ok := want[name]; !ok && owned(name) {
-				tp.deleted = append(tp.deleted, name)
+			if owned(name) {
+				haveOwned++
+			}
+		}
+		if haveOwned > matchedOwned {
+			want := make(map[string]bool, len(t.chains))
+			for _, c := range t.chains {
+				want[c.Name] = true
+			}
+			for name := range have {
+				if !want[name] && owned(name) {
+					tp.deleted = append(tp.deleted, name)
+				}
 			}
 		}
 		slices.Sort(tp.deleted)
+		tc.deleted = tp.deleted
 		tp.lines += 2 * len(tp.deleted)
-		p.desired[t.name] = want
 		if len(tp.written) == 0 && len(tp.deleted) == 0 {
 			continue
 		}
@@ -290,38 +331,57 @@ func dependencyOrder(chains []*rules.Chain) []*rules.Chain {
 	for _, c := range chains {
 		visit(c, 0)
 	}
-	out := slices.Clone(chains)
-	slices.SortStableFunc(out, func(a, b *rules.Chain) int { return level[a.Name] - level[b.Name] })
+	// A stable bucket sort by level.
+	var buckets [][]*rules.Chain
+	for _, c := range chains {
+		l := level[c.Name]
+		for len(buckets) <= l {
+			buckets = append(buckets, nil)
+		}
+		buckets[l] = append(buckets[l], c)
+	}
+	out := make([]*rules.Chain, 0, len(chains))
+	for _, b := range buckets {
+		out = append(out, b...)
+	}
 	return out
 }
 
 // jumpTarget returns the chain or target a rule body jumps (-j) or goes
 // (-g) to, or "".
 func jumpTarget(body string) string {
-	f := strings.Fields(body)
-	for i := len(f) - 2; i >= 0; i-- {
-		if f[i] == "-j" || f[i] == "-g" {
-			return f[i+1]
+	i := max(strings.LastIndex(body, " -j "), strings.LastIndex(body, " -g "))
+	if i < 0 {
+		if !strings.HasPrefix(body, "-j ") && !strings.HasPrefix(body, "-g ") {
+			return ""
 		}
+		i = -1
 	}
-	return ""
+	target := body[i+4:]
+	if j := strings.IndexByte(target, ' '); j >= 0 {
+		target = target[:j]
+	}
+	return target
 }
 
-// Commit records that the plan was applied successfully. Chains that are
-// not owned and not desired (foreign chains) stay recorded as they were.
+// Commit records that the plan was applied successfully: the chains it
+// wrote, and those it deleted. Chains that are not owned and not desired
+// (foreign chains) stay recorded as they were.
 func (a *Applied) Commit(p *Plan, owned func(string) bool) {
-	for table, want := range p.desired {
+	for table, tc := range p.commit {
 		have := a.tables[table]
-		next := make(map[string]uint64, len(want))
-		for name, h := range have {
-			if _, ok := want[name]; !ok && !owned(name) {
-				next[name] = h
+		if have == nil {
+			have = make(map[string]appliedChain, len(tc.set))
+			a.tables[table] = have
+		}
+		for name, c := range tc.set {
+			have[name] = c
+		}
+		for _, name := range tc.deleted {
+			if owned(name) {
+				delete(have, name)
 			}
 		}
-		for name, h := range want {
-			next[name] = h
-		}
-		a.tables[table] = next
 	}
 }
 

@@ -28,6 +28,8 @@ import (
 type scaleCluster struct {
 	family v1.IPFamily
 	n      int
+	// eps is the number of endpoints per Service (1 when 0).
+	eps int
 }
 
 func (c scaleCluster) v6() bool { return c.family == v1.IPv6Protocol }
@@ -63,7 +65,7 @@ func (c scaleCluster) endpointIP(i int) string {
 	if c.v6() {
 		return fmt.Sprintf("fd00:10:1::%x", i+1)
 	}
-	return fmt.Sprintf("10.1.%d.%d", i/250, i%250+1)
+	return fmt.Sprintf("10.%d.%d.%d", 1+i/62500, i/250%250, i%250+1)
 }
 
 func (c scaleCluster) nodeIP() netip.Addr {
@@ -106,16 +108,21 @@ func (c scaleCluster) slice(i int) *discovery.EndpointSlice {
 	if c.v6() {
 		at = discovery.AddressTypeIPv6
 	}
-	return &discovery.EndpointSlice{
+	s := &discovery.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprintf("svc-%d-1", i), Labels: map[string]string{discovery.LabelServiceName: fmt.Sprintf("svc-%d", i)}},
 		AddressType: at,
 		Ports:       []discovery.EndpointPort{{Name: ptr.To("p"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)}},
-		Endpoints: []discovery.Endpoint{{
-			Addresses:  []string{c.endpointIP(i)},
+	}
+	// Endpoint j of Service i; the first is endpointIP(i), as the
+	// single-endpoint tests expect.
+	for j := 0; j < max(c.eps, 1); j++ {
+		s.Endpoints = append(s.Endpoints, discovery.Endpoint{
+			Addresses:  []string{c.endpointIP(i + j*c.n)},
 			Conditions: discovery.EndpointConditions{Ready: ptr.To(true)},
 			NodeName:   ptr.To("node-b"),
-		}},
+		})
 	}
+	return s
 }
 
 // fakeProxier returns a proxier on a fake iptables loaded with the

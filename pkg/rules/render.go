@@ -134,13 +134,19 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 	}
 	rs := &Ruleset{Stats: Stats{ServicePorts: len(state.ServicePorts), LargeClusterMode: large}}
 
-	names := make([]proxy.ServicePortName, 0, len(state.ServicePorts))
-	for spn := range state.ServicePorts {
-		names = append(names, spn)
+	type sortKey struct {
+		key string
+		spn proxy.ServicePortName
 	}
-	slices.SortFunc(names, func(a, b proxy.ServicePortName) int {
-		return strings.Compare(a.String()+string(a.Protocol), b.String()+string(b.Protocol))
-	})
+	keyed := make([]sortKey, 0, len(state.ServicePorts))
+	for spn := range state.ServicePorts {
+		keyed = append(keyed, sortKey{spn.String() + string(spn.Protocol), spn})
+	}
+	slices.SortFunc(keyed, func(a, b sortKey) int { return strings.Compare(a.key, b.key) })
+	names := make([]proxy.ServicePortName, len(keyed))
+	for i := range keyed {
+		names[i] = keyed[i].spn
+	}
 	for spn := range r.cache {
 		if _, ok := state.ServicePorts[spn]; !ok {
 			delete(r.cache, spn)
