@@ -1,7 +1,11 @@
 package proxier
 
 import (
+	"context"
+	"fmt"
+	"net/netip"
 	"runtime"
+	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -10,6 +14,7 @@ import (
 	"github.com/iptproxy/iptproxy/pkg/planner"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
+	"github.com/iptproxy/iptproxy/pkg/trace"
 )
 
 // benchState returns the tracker state of a 10,000 Service x 10 endpoint
@@ -99,4 +104,54 @@ func BenchmarkOneEndpointChange10kx10(b *testing.B) {
 	}
 	b.ReportMetric(float64(plan.WrittenCount()), "chains-written")
 	b.ReportMetric(float64(plan.Rules), "rules-written")
+}
+
+// BenchmarkDispatchCrossed traces first packets through the dispatch tree
+// at 100, 1,000 and 10,000 Services and reports the nat dispatch rules they
+// cross: mean and worst over every cluster IP, and for a non-Service
+// address. (kube-proxy's flat KUBE-SERVICES: about half the Service
+// addresses on average, all of them for a non-Service address.)
+func BenchmarkDispatchCrossed(b *testing.B) {
+	for _, n := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			c := scaleCluster{family: v1.IPv4Protocol, n: n}
+			p, ipt := c.fakeProxier(b)
+			if err := p.Sync(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			rs := ipt.Ruleset()
+			node := trace.Node{LocalAddrs: []netip.Addr{c.nodeIP()}}
+			crossed := func(dst netip.Addr, port int) int {
+				res, err := trace.TraceWithOptions(rs, node, trace.Packet{Protocol: "tcp", Src: netip.MustParseAddr("198.51.100.7"),
+					SrcPort: 40000, Dst: dst, DstPort: port, InInterface: "eth0"}, trace.Options{Misses: true})
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, _ := dispatchCost(&res.Outcomes[0])
+				return n
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				crossed(netip.MustParseAddr(c.clusterIP(n/2)), 80+n/2%3)
+			}
+			b.StopTimer()
+			sum, worst := 0, 0
+			for i := 0; i < n; i++ {
+				x := crossed(netip.MustParseAddr(c.clusterIP(i)), 80+i%3)
+				sum += x
+				worst = max(worst, x)
+			}
+			entries := 0
+			for _, ch := range p.Desired().NAT {
+				if ch.Name == rules.ChainServices || strings.HasPrefix(ch.Name, rules.PrefixDispatch) {
+					entries += len(ch.Rules)
+				}
+			}
+			b.ReportMetric(float64(entries), "dispatch-rules")
+			b.ReportMetric(float64(sum)/float64(n), "mean-crossed")
+			b.ReportMetric(float64(worst), "max-crossed")
+			b.ReportMetric(float64(crossed(netip.MustParseAddr("172.31.0.1"), 80)), "nonservice-crossed")
+			b.ReportMetric(float64(crossed(netip.MustParseAddr("172.30.77.77"), 80)), "nonservice-in-range-crossed")
+		})
+	}
 }

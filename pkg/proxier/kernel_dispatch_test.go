@@ -3,6 +3,7 @@ package proxier
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -112,6 +113,81 @@ func TestKernelChunkedColdSync(t *testing.T) {
 				t.Errorf("restart sync wrote %d rules, deleted %d chains; want nothing", r.RulesWritten, countAll(r.ChainsDeleted))
 			}
 			t.Logf("restart (adopting) sync: %v", time.Since(start))
+		})
+	}
+}
+
+// TestKernelScale measures, on both backends, a cold sync of 10,000
+// Services x 10 endpoints into empty tables, a restart (adopting) sync, a
+// one-endpoint change, and iptables-save of the result. It prints figures
+// and asserts only correctness; it runs only with IPTPROXY_KERNEL_SCALE=1
+// (several minutes).
+func TestKernelScale(t *testing.T) {
+	if os.Getenv("IPTPROXY_KERNEL_SCALE") != "1" {
+		t.Skip("scale measurement; set IPTPROXY_KERNEL_SCALE=1 to run it")
+	}
+	for _, backend := range []iptables.Backend{iptables.BackendNFT, iptables.BackendLegacy} {
+		t.Run(string(backend), func(t *testing.T) {
+			ipt := kernelIPTables(t, v1.IPv4Protocol, backend)
+			ctx := context.Background()
+			c := scaleCluster{family: v1.IPv4Protocol, n: 10000, eps: 10}
+			p := c.proxier(t, ipt)
+			start := time.Now()
+			if err := p.Sync(ctx); err != nil {
+				t.Fatalf("cold sync: %v", err)
+			}
+			r := p.LastSync()
+			t.Logf("%s cold sync 10k x 10: %v (%d rules, %.1f MB, %d transactions)",
+				backend, time.Since(start), r.RulesWritten, float64(r.BytesWritten)/1e6, r.Transactions)
+
+			start = time.Now()
+			save, err := ipt.Save(ctx, iptables.TableNAT)
+			if err != nil {
+				t.Fatalf("iptables-save after the cold sync: %v", err)
+			}
+			t.Logf("%s iptables-save nat: %v (%d lines)", backend, time.Since(start), strings.Count(string(save), "\n"))
+			kernelMatchesDesired(t, p, ipt)
+
+			s := c.slice(7)
+			s.Endpoints[0].Addresses = []string{"10.200.0.1"}
+			p.OnEndpointSliceUpdate(s, false)
+			start = time.Now()
+			if err := p.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r = p.LastSync()
+			t.Logf("%s one-endpoint change: %v (%d chains, %d rules, %d transactions)",
+				backend, time.Since(start), countAll(r.ChainsWritten), r.RulesWritten, r.Transactions)
+
+			p.OnServiceUpdate(nil, c.service(c.n))
+			p.OnEndpointSliceUpdate(c.slice(c.n), false)
+			start = time.Now()
+			if err := p.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r = p.LastSync()
+			t.Logf("%s one new Service: %v (%d chains, %d rules)", backend, time.Since(start), countAll(r.ChainsWritten), r.RulesWritten)
+
+			p2 := c.proxier(t, ipt)
+			p2.OnServiceUpdate(nil, c.service(c.n))
+			p2.OnEndpointSliceUpdate(c.slice(c.n), false)
+			p2.OnEndpointSliceUpdate(s, false)
+			start = time.Now()
+			if err := p2.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r = p2.LastSync()
+			t.Logf("%s restart (adopting) sync: %v (%d rules written)", backend, time.Since(start), r.RulesWritten)
+			if r.RulesWritten != 0 {
+				t.Errorf("restart sync wrote %d rules to %v; want none", r.RulesWritten, r.ChainsWritten)
+			}
+			if status, err := os.ReadFile("/proc/self/status"); err == nil {
+				for _, l := range strings.Split(string(status), "\n") {
+					if strings.HasPrefix(l, "VmHWM") || strings.HasPrefix(l, "VmRSS") {
+						t.Logf("test process %s", strings.Join(strings.Fields(l), " "))
+					}
+				}
+			}
 		})
 	}
 }
