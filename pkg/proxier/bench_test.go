@@ -19,7 +19,7 @@ import (
 
 // benchState returns the tracker state of a 10,000 Service x 10 endpoint
 // cluster.
-func benchState(b *testing.B, c scaleCluster) (*proxy.Tracker, *proxy.State) {
+func benchState(b testing.TB, c scaleCluster) (*proxy.Tracker, *proxy.State) {
 	logger, _ := ktesting.NewTestContext(b)
 	tr := proxy.NewTracker(logger, c.family, "node-a")
 	for i := 0; i < c.n; i++ {
@@ -65,7 +65,7 @@ func BenchmarkColdRender10kx10(b *testing.B) {
 	b.ReportMetric(float64(len(plan.Transactions)), "transactions")
 
 	// What stays live between syncs.
-	plan = nil
+	plan, rs = nil, nil
 	r := rules.NewRenderer(cfg)
 	applied := planner.NewApplied()
 	var ms0, ms1 runtime.MemStats

@@ -5,11 +5,13 @@
 package proxier
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -361,9 +363,10 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 	}
 
 	if full {
-		if err := p.ensureBase(ctx); err != nil {
-			return err
-		}
+		// Read the kernel first: the dump also tells which base jumps and
+		// canaries exist, which saves an iptables run per jump (each costs
+		// a whole-table cache fetch on iptables-nft at scale).
+		saves := map[iptables.Table][]byte{}
 		for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
 			save, err := p.opts.IPTables.Save(ctx, t)
 			if err != nil {
@@ -371,7 +374,11 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 				p.applied.Forget(t)
 				continue
 			}
+			saves[t] = save
 			p.applied.Adopt(t, save)
+		}
+		if err := p.ensureBase(ctx, saves); err != nil {
+			return err
 		}
 	}
 
@@ -443,14 +450,22 @@ func (p *Proxier) maxRestoreLines() int {
 }
 
 // ensureBase creates our top-level chains, the jumps to them from the
-// built-in chains, and the canaries.
-func (p *Proxier) ensureBase(ctx context.Context) error {
+// built-in chains, and the canaries, skipping those that saves (iptables-save
+// dumps of some tables) show to exist already.
+func (p *Proxier) ensureBase(ctx context.Context, saves map[iptables.Table][]byte) error {
 	ipt := p.opts.IPTables
 	all := jumps()
 	if p.renderer.Config().LocalhostNodePorts && p.family == v1.IPv4Protocol {
 		all = append(all, kubeletJumps()...)
 	}
+	base := map[iptables.Table][]string{}
+	for t, save := range saves {
+		base[t] = baseRules(save)
+	}
 	for _, j := range all {
+		if jumpPresent(base[j.table], j) {
+			continue
+		}
 		if _, err := ipt.EnsureChain(ctx, j.table, j.to); err != nil {
 			return fmt.Errorf("creating chain %s in %s: %w", j.to, j.table, err)
 		}
@@ -458,10 +473,48 @@ func (p *Proxier) ensureBase(ctx context.Context) error {
 			return fmt.Errorf("installing jump %s -> %s in %s: %w", j.from, j.to, j.table, err)
 		}
 	}
-	if err := iptables.EnsureCanaries(ctx, ipt, rules.ChainCanary, iptables.CanaryTables()); err != nil {
-		return err
+	var canaries []iptables.Table
+	for _, t := range iptables.CanaryTables() {
+		if save, ok := saves[t]; !ok || !bytes.Contains(save, []byte("\n:"+rules.ChainCanary+" ")) {
+			canaries = append(canaries, t)
+		}
 	}
-	return nil
+	return iptables.EnsureCanaries(ctx, ipt, rules.ChainCanary, canaries)
+}
+
+// baseRules returns the rules of the built-in chains in an iptables-save
+// dump (where the jumps to our chains are).
+func baseRules(save []byte) []string {
+	var out []string
+	for line := range strings.SplitSeq(string(save), "\n") {
+		if !strings.HasPrefix(line, "-A ") {
+			continue
+		}
+		chain, _, _ := strings.Cut(line[3:], " ")
+		switch chain {
+		case iptables.ChainPrerouting, iptables.ChainInput, iptables.ChainForward, iptables.ChainOutput, iptables.ChainPostrouting:
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// jumpPresent reports whether the rules of built-in chains hold jump j.
+func jumpPresent(base []string, j jump) bool {
+	prefix := "-A " + j.from + " "
+	for _, line := range base {
+		if !strings.HasPrefix(line, prefix) || !strings.HasSuffix(line, " -j "+j.to) {
+			continue
+		}
+		if j.comment != "" && !strings.Contains(line, `--comment "`+j.comment+`"`) && !strings.Contains(line, "--comment "+j.comment+" ") {
+			continue
+		}
+		if len(j.extra) > 0 && !strings.Contains(line, " "+strings.Join(j.extra, " ")+" ") {
+			continue
+		}
+		return true
+	}
+	return false
 }
 
 func (p *Proxier) recordMetrics(rs *rules.Ruleset, plan *planner.Plan, change proxy.Change) {
