@@ -113,9 +113,12 @@ func ParseSave(save []byte) map[string][]string {
 
 // DefaultMaxLines is the size, in restore lines, above which a plan is
 // split into several transactions. On iptables-nft one transaction of some
-// 435,000 lines fails with ENOBUFS, and a transaction is cheapest when it
-// writes many small complete chains (see docs/dispatch-tree.md).
-const DefaultMaxLines = 30000
+// 435,000 lines fails with ENOBUFS, and the userspace cost of a transaction
+// grows much faster than its size: measured at 10,000 Services x 10
+// endpoints, 30,000 lines of KUBE-SVC chains took ~27 s of CPU in
+// iptables-nft-restore, the same lines in four 7,500-line transactions
+// ~0.45 s each (see docs/dispatch-tree.md).
+const DefaultMaxLines = 8000
 
 // Plan is the result of comparing desired rules with the record.
 type Plan struct {
