@@ -26,7 +26,7 @@ func TestDispatchJumps(t *testing.T) {
 		key    []byte
 		want   string
 	}{
-		{"IPv4", keyAddr, addrKey(netip.MustParseAddr("172.30.64.1"))[:9], "-d 172.30.0.0/18 -j C"},
+		{"IPv4", keyAddr, addrKey(netip.MustParseAddr("172.30.64.1"))[:9], "-d 172.30.64.0/18 -j C"},
 		{"IPv4", keyAddr, addrKey(netip.MustParseAddr("10.0.0.1"))[:1], "-d 0.0.0.0/2 -j C"},
 		{"IPv6", keyAddr, addrKey(netip.MustParseAddr("fd00:30::1"))[:16], "-d fd00:30::/32 -j C"},
 		{"IPv4", keyPort, portKey("tcp", 30720)[:1], "-p tcp -j C"},
