@@ -10,7 +10,10 @@ import (
 // PrefixDispatch is the prefix of the dispatch chains: the small chains that
 // replace kube-proxy's linear KUBE-SERVICES and KUBE-NODEPORTS lists with a
 // tree split on destination address (or protocol and port) digits. See
-// docs/dispatch-tree.md.
+// docs/dispatch-tree.md. When kube-proxy takes the node back it rewrites the
+// shared chains (dropping every jump into these chains) but deletes only
+// the KUBE-SVC/SVL/SEP/EXT/FW chains it does not want: KUBE-DSP-* chains
+// stay behind, unreferenced, until "iptproxy --cleanup" removes them.
 const PrefixDispatch = "KUBE-DSP-"
 
 // LeafMax is the most rules a dispatch leaf holds: a prefix with more
