@@ -18,14 +18,24 @@ import (
 	"github.com/iptproxy/iptproxy/pkg/rules"
 )
 
-// Applied is what iptproxy believes a table holds: a content hash per chain.
+// Applied is what iptproxy believes a table holds: a content hash per chain
+// (never the rules themselves, to keep memory small at scale).
 type Applied struct {
-	tables map[iptables.Table]map[string]uint64
+	tables map[iptables.Table]map[string]appliedChain
+}
+
+// appliedChain is the record of one chain.
+type appliedChain struct {
+	hash uint64
+	// src is the desired chain the hash was taken from, if any: the
+	// renderer hands out the same *rules.Chain, never modified, while a
+	// Service is unchanged, so a pointer match skips hashing its rules.
+	src *rules.Chain
 }
 
 // NewApplied returns an empty record (nothing known to exist).
 func NewApplied() *Applied {
-	return &Applied{tables: map[iptables.Table]map[string]uint64{}}
+	return &Applied{tables: map[iptables.Table]map[string]appliedChain{}}
 }
 
 // Chains returns how many chains the record holds for table.
@@ -55,9 +65,9 @@ func hashRules(rules []string) uint64 {
 // it holds. Built-in chains are ignored.
 func (a *Applied) Adopt(table iptables.Table, save []byte) {
 	chains := ParseSave(save)
-	m := make(map[string]uint64, len(chains))
+	m := make(map[string]appliedChain, len(chains))
 	for name, body := range chains {
-		m[name] = hashRules(body)
+		m[name] = appliedChain{hash: hashRules(body)}
 	}
 	a.tables[table] = m
 }
@@ -101,94 +111,280 @@ func ParseSave(save []byte) map[string][]string {
 	return chains
 }
 
+// DefaultMaxLines is the size, in restore lines, above which a plan is
+// split into several transactions. On iptables-nft one transaction of some
+// 435,000 lines fails with ENOBUFS, and the userspace cost of a transaction
+// grows much faster than its size: measured at 10,000 Services x 10
+// endpoints, 30,000 lines of KUBE-SVC chains took ~27 s of CPU in
+// iptables-nft-restore, the same lines in four 7,500-line transactions
+// ~0.45 s each (see docs/dispatch-tree.md).
+const DefaultMaxLines = 8000
+
 // Plan is the result of comparing desired rules with the record.
 type Plan struct {
-	// Payload is the iptables-restore input (both tables); empty when
-	// nothing needs writing.
+	// Payload is the whole iptables-restore input (both tables); empty when
+	// nothing needs writing. It is the concatenation of Transactions.
 	Payload []byte
+	// Transactions are the iptables-restore --noflush inputs to apply, in
+	// order, each in its own run. A small plan is one transaction. A large
+	// one is split make-before-break: every chain is declared, flushed and
+	// filled in one transaction; a chain is written after the chains it
+	// jumps to; chains are deleted only in the last transaction, after
+	// nothing references them any more.
+	Transactions [][]byte
 	// Written, Deleted list the chains rewritten and deleted, per table.
 	Written map[iptables.Table][]string
 	Deleted map[iptables.Table][]string
 	// Rules is the number of rule lines in the payload.
 	Rules int
 
-	desired map[iptables.Table]map[string]uint64
+	// commit is what Commit records: the chains written or found equal
+	// to what is recorded (with their new source), and the deletions.
+	commit map[iptables.Table]*tableCommit
+}
+
+// tableCommit is the change to one table's record.
+type tableCommit struct {
+	set     map[string]appliedChain
+	deleted []string
 }
 
 // Changed reports whether the plan writes anything.
 func (p *Plan) Changed() bool { return len(p.Payload) > 0 }
 
-// Compute plans the change from the record to desired. owned says which
-// chains iptproxy may delete when it no longer wants them.
+// Compute plans the change from the record to desired, splitting it into
+// transactions of about DefaultMaxLines lines. owned says which chains
+// iptproxy may delete when it no longer wants them.
 func Compute(desired *rules.Ruleset, applied *Applied, owned func(string) bool) *Plan {
+	return ComputeChunked(desired, applied, owned, DefaultMaxLines)
+}
+
+// tablePlan is what a plan writes in one table.
+type tablePlan struct {
+	name    iptables.Table
+	written []*rules.Chain
+	deleted []string
+	lines   int
+}
+
+// ComputeChunked is Compute with transactions of at most maxLines lines
+// (a chain longer than that gets a transaction of its own); maxLines <= 0
+// means one transaction, however large.
+func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string) bool, maxLines int) *Plan {
 	p := &Plan{
 		Written: map[iptables.Table][]string{},
 		Deleted: map[iptables.Table][]string{},
-		desired: map[iptables.Table]map[string]uint64{},
+		commit:  map[iptables.Table]*tableCommit{},
 	}
-	var buf bytes.Buffer
+	var tables []*tablePlan
+	total := 0
 	for _, t := range []struct {
 		name   iptables.Table
 		chains []*rules.Chain
 	}{{iptables.TableFilter, desired.Filter}, {iptables.TableNAT, desired.NAT}} {
 		have := applied.tables[t.name]
-		want := make(map[string]uint64, len(t.chains))
-		var decl, body bytes.Buffer
-		var written []string
+		tc := &tableCommit{set: map[string]appliedChain{}}
+		p.commit[t.name] = tc
+		tp := &tablePlan{name: t.name}
+		matchedOwned := 0
 		for _, c := range t.chains {
-			h := hashRules(c.Rules)
-			want[c.Name] = h
-			if old, ok := have[c.Name]; ok && old == h {
+			old, ok := have[c.Name]
+			if ok && owned(c.Name) {
+				matchedOwned++
+			}
+			if ok && old.src == c {
 				continue
 			}
-			written = append(written, c.Name)
-			decl.WriteString(":" + c.Name + " - [0:0]\n")
-			for _, r := range c.Rules {
-				body.WriteString("-A " + c.Name + " " + r + "\n")
-				p.Rules++
+			h := hashRules(c.Rules)
+			tc.set[c.Name] = appliedChain{hash: h, src: c}
+			if ok && old.hash == h {
+				continue
 			}
+			tp.written = append(tp.written, c)
+			p.Written[t.name] = append(p.Written[t.name], c.Name)
+			tp.lines += 1 + len(c.Rules)
+			p.Rules += len(c.Rules)
 		}
-		var deleted []string
+		// Owned chains recorded but not desired are deleted. Usually every
+		// owned chain recorded is desired: count before building a set.
+		haveOwned := 0
 		for name := range have {
-			if _, ok := want[name]; !ok && owned(name) {
-				deleted = append(deleted, name)
+			if owned(name) {
+				haveOwned++
 			}
 		}
-		slices.Sort(deleted)
-		for _, name := range deleted {
-			decl.WriteString(":" + name + " - [0:0]\n")
-			body.WriteString("-X " + name + "\n")
+		if haveOwned > matchedOwned {
+			want := make(map[string]bool, len(t.chains))
+			for _, c := range t.chains {
+				want[c.Name] = true
+			}
+			for name := range have {
+				if !want[name] && owned(name) {
+					tp.deleted = append(tp.deleted, name)
+				}
+			}
 		}
-		p.desired[t.name] = want
-		if len(written) == 0 && len(deleted) == 0 {
+		slices.Sort(tp.deleted)
+		tc.deleted = tp.deleted
+		tp.lines += 2 * len(tp.deleted)
+		if len(tp.written) == 0 && len(tp.deleted) == 0 {
 			continue
 		}
-		p.Written[t.name] = written
-		p.Deleted[t.name] = deleted
-		buf.WriteString("*" + string(t.name) + "\n")
-		buf.Write(decl.Bytes())
-		buf.Write(body.Bytes())
-		buf.WriteString("COMMIT\n")
+		p.Deleted[t.name] = tp.deleted
+		tables = append(tables, tp)
+		total += tp.lines
 	}
-	p.Payload = buf.Bytes()
+	if len(tables) == 0 {
+		return p
+	}
+	if maxLines <= 0 || total <= maxLines {
+		var buf bytes.Buffer
+		for _, tp := range tables {
+			writeTable(&buf, tp.name, tp.written, tp.deleted)
+		}
+		p.Transactions = [][]byte{buf.Bytes()}
+	} else {
+		p.Transactions = chunk(tables, maxLines)
+	}
+	for _, tx := range p.Transactions {
+		p.Payload = append(p.Payload, tx...)
+	}
 	return p
 }
 
-// Commit records that the plan was applied successfully. Chains that are
-// not owned and not desired (foreign chains) stay recorded as they were.
-func (a *Applied) Commit(p *Plan, owned func(string) bool) {
-	for table, want := range p.desired {
-		have := a.tables[table]
-		next := make(map[string]uint64, len(want))
-		for name, h := range have {
-			if _, ok := want[name]; !ok && !owned(name) {
-				next[name] = h
+// writeTable writes one table's section of a restore payload: the
+// declarations (which flush existing chains), the rules, the deletions.
+func writeTable(buf *bytes.Buffer, table iptables.Table, written []*rules.Chain, deleted []string) {
+	buf.WriteString("*" + string(table) + "\n")
+	for _, c := range written {
+		buf.WriteString(":" + c.Name + " - [0:0]\n")
+	}
+	for _, name := range deleted {
+		buf.WriteString(":" + name + " - [0:0]\n")
+	}
+	for _, c := range written {
+		for _, r := range c.Rules {
+			buf.WriteString("-A " + c.Name + " " + r + "\n")
+		}
+	}
+	for _, name := range deleted {
+		buf.WriteString("-X " + name + "\n")
+	}
+	buf.WriteString("COMMIT\n")
+}
+
+// chunk splits a large plan into transactions: each table's written chains
+// in dependency order (a chain after every written chain it jumps to),
+// packed into transactions of at most maxLines lines, then one last
+// transaction with every deletion.
+func chunk(tables []*tablePlan, maxLines int) [][]byte {
+	var out [][]byte
+	for _, tp := range tables {
+		ordered := dependencyOrder(tp.written)
+		for i := 0; i < len(ordered); {
+			j, lines := i, 0
+			for j < len(ordered) && (j == i || lines+1+len(ordered[j].Rules) <= maxLines) {
+				lines += 1 + len(ordered[j].Rules)
+				j++
+			}
+			var buf bytes.Buffer
+			writeTable(&buf, tp.name, ordered[i:j], nil)
+			out = append(out, buf.Bytes())
+			i = j
+		}
+	}
+	var buf bytes.Buffer
+	for _, tp := range tables {
+		if len(tp.deleted) > 0 {
+			writeTable(&buf, tp.name, nil, tp.deleted)
+		}
+	}
+	if buf.Len() > 0 {
+		out = append(out, buf.Bytes())
+	}
+	return out
+}
+
+// dependencyOrder sorts chains so that each comes after the chains of the
+// list it jumps to (by level: 0 for chains that jump to none of them, else
+// one more than the highest level they jump to), keeping the given order
+// within a level.
+func dependencyOrder(chains []*rules.Chain) []*rules.Chain {
+	byName := make(map[string]*rules.Chain, len(chains))
+	for _, c := range chains {
+		byName[c.Name] = c
+	}
+	level := make(map[string]int, len(chains))
+	var visit func(c *rules.Chain, depth int) int
+	visit = func(c *rules.Chain, depth int) int {
+		if l, ok := level[c.Name]; ok {
+			return l
+		}
+		l := 0
+		if depth < len(chains) { // iptables forbids loops; never recurse forever
+			for _, r := range c.Rules {
+				if t, ok := byName[jumpTarget(r)]; ok && t != c {
+					l = max(l, 1+visit(t, depth+1))
+				}
 			}
 		}
-		for name, h := range want {
-			next[name] = h
+		level[c.Name] = l
+		return l
+	}
+	for _, c := range chains {
+		visit(c, 0)
+	}
+	// A stable bucket sort by level.
+	var buckets [][]*rules.Chain
+	for _, c := range chains {
+		l := level[c.Name]
+		for len(buckets) <= l {
+			buckets = append(buckets, nil)
 		}
-		a.tables[table] = next
+		buckets[l] = append(buckets[l], c)
+	}
+	out := make([]*rules.Chain, 0, len(chains))
+	for _, b := range buckets {
+		out = append(out, b...)
+	}
+	return out
+}
+
+// jumpTarget returns the chain or target a rule body jumps (-j) or goes
+// (-g) to, or "".
+func jumpTarget(body string) string {
+	i := max(strings.LastIndex(body, " -j "), strings.LastIndex(body, " -g "))
+	if i < 0 {
+		if !strings.HasPrefix(body, "-j ") && !strings.HasPrefix(body, "-g ") {
+			return ""
+		}
+		i = -1
+	}
+	target := body[i+4:]
+	if j := strings.IndexByte(target, ' '); j >= 0 {
+		target = target[:j]
+	}
+	return target
+}
+
+// Commit records that the plan was applied successfully: the chains it
+// wrote, and those it deleted. Chains that are not owned and not desired
+// (foreign chains) stay recorded as they were.
+func (a *Applied) Commit(p *Plan, owned func(string) bool) {
+	for table, tc := range p.commit {
+		have := a.tables[table]
+		if have == nil {
+			have = make(map[string]appliedChain, len(tc.set))
+			a.tables[table] = have
+		}
+		for name, c := range tc.set {
+			have[name] = c
+		}
+		for _, name := range tc.deleted {
+			if owned(name) {
+				delete(have, name)
+			}
+		}
 	}
 }
 

@@ -5,11 +5,13 @@
 package proxier
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,7 +61,18 @@ type Options struct {
 	Conntrack conntrack.Interface
 	// Clock returns the time; time.Now when nil.
 	Clock func() time.Time
+	// MaxRestoreLines is the plan size, in restore lines, above which a
+	// sync is split into several iptables-restore transactions; 0 means
+	// planner.DefaultMaxLines, or legacyMaxRestoreLines on the legacy
+	// backend (where every transaction rewrites the whole table, so fewer
+	// is faster); negative means never split.
+	MaxRestoreLines int
 }
+
+// legacyMaxRestoreLines is the default transaction size on the legacy
+// backend: it restores 435,000 lines in one transaction in ~6 s, while each
+// extra transaction into a table that size costs ~1.5 s.
+const legacyMaxRestoreLines = 500000
 
 // SyncReport describes one sync, for logs and /debug/last-sync.
 type SyncReport struct {
@@ -73,7 +86,10 @@ type SyncReport struct {
 	ChainsDeleted map[string][]string `json:"chainsDeleted,omitempty"`
 	RulesWritten  int                 `json:"rulesWritten"`
 	BytesWritten  int                 `json:"bytesWritten"`
-	Error         string              `json:"error,omitempty"`
+	// Transactions is the number of iptables-restore runs the sync made
+	// (large syncs are split; see planner.Plan.Transactions).
+	Transactions int    `json:"transactions"`
+	Error        string `json:"error,omitempty"`
 }
 
 // Proxier programs one IP family. Create it with New, feed it events with
@@ -326,7 +342,7 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 		logger.Info("Synced rules", "full", full, "elapsed", report.Duration, "changedServices", report.Services,
 			"renderedServicePorts", report.Rendered, "chainsWritten", countAll(report.ChainsWritten),
 			"chainsDeleted", countAll(report.ChainsDeleted), "rulesWritten", report.RulesWritten,
-			"bytes", report.BytesWritten, "err", err)
+			"bytes", report.BytesWritten, "transactions", report.Transactions, "err", err)
 	}()
 	if m != nil {
 		m.ServiceChangesTotal.Add(float64(change.ServiceEvents))
@@ -357,9 +373,10 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 	}
 
 	if full {
-		if err := p.ensureBase(ctx); err != nil {
-			return err
-		}
+		// Read the kernel first: the dump also tells which base jumps and
+		// canaries exist, which saves an iptables run per jump (each costs
+		// a whole-table cache fetch on iptables-nft at scale).
+		saves := map[iptables.Table][]byte{}
 		for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
 			save, err := p.opts.IPTables.Save(ctx, t)
 			if err != nil {
@@ -367,22 +384,28 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 				p.applied.Forget(t)
 				continue
 			}
+			saves[t] = save
 			p.applied.Adopt(t, save)
+		}
+		if err := p.ensureBase(ctx, saves); err != nil {
+			return err
 		}
 	}
 
 	rs := p.renderer.Render(state, changed)
 	report.Rendered = rs.Stats.Rendered
-	plan := planner.Compute(rs, p.applied, rules.IsServiceChain)
+	plan := planner.ComputeChunked(rs, p.applied, rules.IsServiceChain, p.maxRestoreLines())
 	report.RulesWritten = plan.Rules
 	report.BytesWritten = len(plan.Payload)
 	report.ChainsWritten = tableMap(plan.Written)
 	report.ChainsDeleted = tableMap(plan.Deleted)
-	if plan.Changed() {
-		if err := p.opts.IPTables.Restore(ctx, plan.Payload); err != nil {
+	for i, tx := range plan.Transactions {
+		report.Transactions++
+		if err := p.opts.IPTables.Restore(ctx, tx); err != nil {
 			var rerr *iptables.RestoreError
 			if errors.As(err, &rerr) {
-				logger.Error(err, "iptables-restore failed", "failingLines", rerr.FailingLines(plan.Payload, 3))
+				logger.Error(err, "iptables-restore failed", "transaction", i+1, "transactions", len(plan.Transactions),
+					"failingLines", rerr.FailingLines(tx, 3))
 			}
 			if m != nil {
 				m.IPTablesRestoreFailuresTotal.WithLabelValues(fam).Inc()
@@ -393,7 +416,7 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 			// What the kernel holds is no longer known for sure.
 			p.applied.Forget(iptables.TableFilter)
 			p.applied.Forget(iptables.TableNAT)
-			return fmt.Errorf("applying %d rules: %w", plan.Rules, err)
+			return fmt.Errorf("applying %d rules (transaction %d of %d): %w", plan.Rules, i+1, len(plan.Transactions), err)
 		}
 	}
 	p.applied.Commit(plan, rules.IsServiceChain)
@@ -422,14 +445,36 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 	return nil
 }
 
+// maxRestoreLines returns the transaction size limit for the planner.
+func (p *Proxier) maxRestoreLines() int {
+	switch n := p.opts.MaxRestoreLines; {
+	case n < 0:
+		return 0
+	case n > 0:
+		return n
+	}
+	if b, ok := p.opts.IPTables.(interface{ Backend() iptables.Backend }); ok && b.Backend() == iptables.BackendLegacy {
+		return legacyMaxRestoreLines
+	}
+	return planner.DefaultMaxLines
+}
+
 // ensureBase creates our top-level chains, the jumps to them from the
-// built-in chains, and the canaries.
-func (p *Proxier) ensureBase(ctx context.Context) error {
+// built-in chains, and the canaries, skipping those that saves (iptables-save
+// dumps of some tables) show to exist already.
+func (p *Proxier) ensureBase(ctx context.Context, saves map[iptables.Table][]byte) error {
 	ipt := p.opts.IPTables
 	// As kube-proxy: the jumps to kubelet's KUBE-FIREWALL in both families,
 	// whether or not the anti-martian rule is ours to write.
 	all := append(jumps(), kubeletJumps()...)
+	base := map[iptables.Table][]string{}
+	for t, save := range saves {
+		base[t] = baseRules(save)
+	}
 	for _, j := range all {
+		if jumpPresent(base[j.table], j) {
+			continue
+		}
 		if _, err := ipt.EnsureChain(ctx, j.table, j.to); err != nil {
 			return fmt.Errorf("creating chain %s in %s: %w", j.to, j.table, err)
 		}
@@ -437,10 +482,48 @@ func (p *Proxier) ensureBase(ctx context.Context) error {
 			return fmt.Errorf("installing jump %s -> %s in %s: %w", j.from, j.to, j.table, err)
 		}
 	}
-	if err := iptables.EnsureCanaries(ctx, ipt, rules.ChainCanary, iptables.CanaryTables()); err != nil {
-		return err
+	var canaries []iptables.Table
+	for _, t := range iptables.CanaryTables() {
+		if save, ok := saves[t]; !ok || !bytes.Contains(save, []byte("\n:"+rules.ChainCanary+" ")) {
+			canaries = append(canaries, t)
+		}
 	}
-	return nil
+	return iptables.EnsureCanaries(ctx, ipt, rules.ChainCanary, canaries)
+}
+
+// baseRules returns the rules of the built-in chains in an iptables-save
+// dump (where the jumps to our chains are).
+func baseRules(save []byte) []string {
+	var out []string
+	for line := range strings.SplitSeq(string(save), "\n") {
+		if !strings.HasPrefix(line, "-A ") {
+			continue
+		}
+		chain, _, _ := strings.Cut(line[3:], " ")
+		switch chain {
+		case iptables.ChainPrerouting, iptables.ChainInput, iptables.ChainForward, iptables.ChainOutput, iptables.ChainPostrouting:
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// jumpPresent reports whether the rules of built-in chains hold jump j.
+func jumpPresent(base []string, j jump) bool {
+	prefix := "-A " + j.from + " "
+	for _, line := range base {
+		if !strings.HasPrefix(line, prefix) || !strings.HasSuffix(line, " -j "+j.to) {
+			continue
+		}
+		if j.comment != "" && !strings.Contains(line, `--comment "`+j.comment+`"`) && !strings.Contains(line, "--comment "+j.comment+" ") {
+			continue
+		}
+		if len(j.extra) > 0 && !strings.Contains(line, " "+strings.Join(j.extra, " ")+" ") {
+			continue
+		}
+		return true
+	}
+	return false
 }
 
 func (p *Proxier) recordMetrics(rs *rules.Ruleset, plan *planner.Plan, change proxy.Change) {

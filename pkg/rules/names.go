@@ -40,10 +40,10 @@ const (
 	PrefixEndpoint       = "KUBE-SEP-"
 )
 
-// IsServiceChain reports whether chain is a per-Service or per-endpoint
-// chain that iptproxy (or kube-proxy) created and may delete.
+// IsServiceChain reports whether chain is a per-Service, per-endpoint or
+// dispatch chain that iptproxy (or kube-proxy) created and may delete.
 func IsServiceChain(chain string) bool {
-	for _, p := range []string{PrefixServiceCluster, PrefixServiceLocal, PrefixFirewall, PrefixExternal, PrefixEndpoint} {
+	for _, p := range []string{PrefixServiceCluster, PrefixServiceLocal, PrefixFirewall, PrefixExternal, PrefixEndpoint, PrefixDispatch} {
 		if strings.HasPrefix(chain, p) {
 			return true
 		}

@@ -102,9 +102,9 @@ type Stats struct {
 // serviceRules are the rules one Service port contributes.
 type serviceRules struct {
 	natChains []*Chain
-	// Entries for the shared chains, as rule bodies.
-	natServices, natNodePorts                                 []string
-	filterServices, filterExternal, filterFW, filterNodePorts []string
+	// Entries for the shared chains, keyed for the dispatch tree.
+	natServices, natNodePorts                                 []dispatchEntry
+	filterServices, filterExternal, filterFW, filterNodePorts []dispatchEntry
 	noLocalInternal, noLocalExternal                          bool
 }
 
@@ -142,13 +142,19 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 	}
 	rs := &Ruleset{Stats: Stats{ServicePorts: len(state.ServicePorts), LargeClusterMode: large}}
 
-	names := make([]proxy.ServicePortName, 0, len(state.ServicePorts))
-	for spn := range state.ServicePorts {
-		names = append(names, spn)
+	type sortKey struct {
+		key string
+		spn proxy.ServicePortName
 	}
-	slices.SortFunc(names, func(a, b proxy.ServicePortName) int {
-		return strings.Compare(a.String()+string(a.Protocol), b.String()+string(b.Protocol))
-	})
+	keyed := make([]sortKey, 0, len(state.ServicePorts))
+	for spn := range state.ServicePorts {
+		keyed = append(keyed, sortKey{spn.String() + string(spn.Protocol), spn})
+	}
+	slices.SortFunc(keyed, func(a, b sortKey) int { return strings.Compare(a.key, b.key) })
+	names := make([]proxy.ServicePortName, len(keyed))
+	for i := range keyed {
+		names[i] = keyed[i].spn
+	}
 	for spn := range r.cache {
 		if _, ok := state.ServicePorts[spn]; !ok {
 			delete(r.cache, spn)
@@ -156,8 +162,8 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 	}
 
 	var (
-		natServices, natNodePorts                                 []string
-		filterServices, filterExternal, filterFW, filterNodePorts []string
+		natServices, natNodePorts                                 []dispatchEntry
+		filterServices, filterExternal, filterFW, filterNodePorts []dispatchEntry
 		svcChains                                                 []*Chain
 	)
 	for _, spn := range names {
@@ -182,13 +188,28 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		filterNodePorts = append(filterNodePorts, sr.filterNodePorts...)
 		svcChains = append(svcChains, sr.natChains...)
 	}
-	natServices = append(natServices, r.nodePortsTail()...)
-
 	cfg := &r.cfg
+	fam := string(cfg.Family)
+	var dispatchNAT, dispatchFilter []*Chain
+	tree := func(table, root string, entries []dispatchEntry, into *[]*Chain) []string {
+		for i := range entries {
+			entries[i].seq = i
+		}
+		top, chains := buildDispatch(fam, table, root, entries)
+		*into = append(*into, chains...)
+		return top
+	}
+	natServicesRules := append(tree("nat", ChainServices, natServices, &dispatchNAT), r.nodePortsTail()...)
+	natNodePortsRules := tree("nat", ChainNodePorts, natNodePorts, &dispatchNAT)
+	filterServicesRules := tree("filter", ChainServices, filterServices, &dispatchFilter)
+	filterExternalRules := tree("filter", ChainExternalServices, filterExternal, &dispatchFilter)
+	filterFWRules := tree("filter", ChainProxyFirewall, filterFW, &dispatchFilter)
+	filterNodePortsRules := tree("filter", ChainNodePorts, filterNodePorts, &dispatchFilter)
+
 	mark := cfg.masqMark()
 	rs.NAT = []*Chain{
-		{Name: ChainServices, Rules: natServices},
-		{Name: ChainNodePorts, Rules: natNodePorts},
+		{Name: ChainServices, Rules: natServicesRules},
+		{Name: ChainNodePorts, Rules: natNodePortsRules},
 		{Name: ChainPostrouting, Rules: []string{
 			(&rule{}).match("-m", "mark", "!", "--mark", mark+"/"+mark).jump("RETURN").line(),
 			(&rule{}).jump("MARK", "--set-xmark", mark+"/0x0").line(),
@@ -196,6 +217,7 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		}},
 		{Name: ChainMarkMasq, Rules: []string{(&rule{}).jump("MARK", "--set-xmark", mark+"/"+mark).line()}},
 	}
+	rs.NAT = append(rs.NAT, dispatchNAT...)
 	rs.NAT = append(rs.NAT, svcChains...)
 
 	var forward []string
@@ -211,12 +233,13 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		(&rule{}).comment("kubernetes forwarding conntrack rule").match("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED").jump("ACCEPT").line(),
 	)
 	rs.Filter = []*Chain{
-		{Name: ChainServices, Rules: filterServices},
-		{Name: ChainExternalServices, Rules: filterExternal},
+		{Name: ChainServices, Rules: filterServicesRules},
+		{Name: ChainExternalServices, Rules: filterExternalRules},
 		{Name: ChainForward, Rules: forward},
-		{Name: ChainNodePorts, Rules: filterNodePorts},
-		{Name: ChainProxyFirewall, Rules: filterFW},
+		{Name: ChainNodePorts, Rules: filterNodePortsRules},
+		{Name: ChainProxyFirewall, Rules: filterFWRules},
 	}
+	rs.Filter = append(rs.Filter, dispatchFilter...)
 	if !cfg.isIPv6() && cfg.LocalhostNodePorts {
 		rs.Filter = append(rs.Filter, &Chain{Name: ChainKubeletFirewall, Rules: []string{
 			(&rule{src: "127.0.0.0/8", notSrc: true, dst: "127.0.0.0/8"}).
@@ -306,12 +329,17 @@ func (r *Renderer) renderServicePort(sp *proxy.ServicePort, eps []*proxy.Endpoin
 		}
 		return []string{target}
 	}
-	dispatch := func(dst netip.Addr, comment, target string) string {
-		return (&rule{dst: hostPrefix(dst), proto: proto}).comment(comment).dport(sp.Port).jump(target).line()
+	dispatch := func(dst netip.Addr, comment, target string) dispatchEntry {
+		return dispatchEntry{key: addrKey(dst), kind: keyAddr,
+			body: (&rule{dst: hostPrefix(dst), proto: proto}).comment(comment).dport(sp.Port).jump(target).line()}
 	}
-	verdict := func(dst netip.Addr, comment, target string) string {
+	verdict := func(dst netip.Addr, comment, target string) dispatchEntry {
 		v := filterVerdict(target)
-		return (&rule{dst: hostPrefix(dst), proto: proto}).comment(comment).dport(sp.Port).jump(v[0], v[1:]...).line()
+		return dispatchEntry{key: addrKey(dst), kind: keyAddr,
+			body: (&rule{dst: hostPrefix(dst), proto: proto}).comment(comment).dport(sp.Port).jump(v[0], v[1:]...).line()}
+	}
+	portEntry := func(port int, body string) dispatchEntry {
+		return dispatchEntry{key: portKey(proto, port), kind: keyPort, body: body}
 	}
 
 	// ClusterIP.
@@ -347,24 +375,24 @@ func (r *Renderer) renderServicePort(sp *proxy.ServicePort, eps []*proxy.Endpoin
 	if sp.NodePort != 0 {
 		if cat.HasAny {
 			if cfg.LocalhostNodePorts && !cfg.isIPv6() && cfg.NFAcctLocalhostNodePorts != "" {
-				sr.natNodePorts = append(sr.natNodePorts,
+				sr.natNodePorts = append(sr.natNodePorts, portEntry(sp.NodePort,
 					(&rule{dst: "127.0.0.0/8", proto: proto}).comment(name).match("-m", proto, "--dport", itoa(sp.NodePort)).
-						match(nfacctMatch(cfg.NFAcctLocalhostNodePorts)...).jump(chains.External).line())
+						match(nfacctMatch(cfg.NFAcctLocalhostNodePorts)...).jump(chains.External).line()))
 			}
-			sr.natNodePorts = append(sr.natNodePorts,
-				(&rule{proto: proto}).comment(name).match("-m", proto, "--dport", itoa(sp.NodePort)).jump(chains.External).line())
+			sr.natNodePorts = append(sr.natNodePorts, portEntry(sp.NodePort,
+				(&rule{proto: proto}).comment(name).match("-m", proto, "--dport", itoa(sp.NodePort)).jump(chains.External).line()))
 		}
 		if !hasExternal {
 			v := filterVerdict(externalTarget)
-			sr.filterExternal = append(sr.filterExternal,
+			sr.filterExternal = append(sr.filterExternal, portEntry(sp.NodePort,
 				(&rule{proto: proto}).comment(externalComment).match("-m", "addrtype", "--dst-type", "LOCAL").
-					match("-m", proto, "--dport", itoa(sp.NodePort)).jump(v[0], v[1:]...).line())
+					match("-m", proto, "--dport", itoa(sp.NodePort)).jump(v[0], v[1:]...).line()))
 		}
 	}
 	// Health-check node port.
 	if sp.HealthCheckNodePort != 0 {
-		sr.filterNodePorts = append(sr.filterNodePorts,
-			(&rule{proto: "tcp"}).comment(name+" health check node port").match("-m", "tcp", "--dport", itoa(sp.HealthCheckNodePort)).jump("ACCEPT").line())
+		sr.filterNodePorts = append(sr.filterNodePorts, dispatchEntry{key: portKey("tcp", sp.HealthCheckNodePort), kind: keyPort,
+			body: (&rule{proto: "tcp"}).comment(name+" health check node port").match("-m", "tcp", "--dport", itoa(sp.HealthCheckNodePort)).jump("ACCEPT").line()})
 	}
 
 	// Chains of the Service port.

@@ -261,17 +261,19 @@ func waitUntilOnly(t *testing.T, from *fw.NS, proto v1.Protocol, addr netip.Addr
 	})
 }
 
-// healthReply is kube-proxy's health-check node port answer.
+// healthReply is an HTTP answer (a health-check node port's, a metrics
+// server's).
 type healthReply struct {
 	code   int
 	header http.Header
 	body   string
 }
 
-func httpGet(ctx context.Context, from *fw.NS, addr netip.AddrPort) (healthReply, error) {
+// httpGet fetches url from inside the namespace from, without keep-alives.
+func httpGet(ctx context.Context, from *fw.NS, url string) (healthReply, error) {
 	tr := &http.Transport{DialContext: from.DialContext, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr.String()+"/", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return healthReply{}, err
 	}
@@ -300,7 +302,7 @@ func checkHealth(t *testing.T, from *fw.NS, addr netip.AddrPort, svc *v1.Service
 	var got healthReply
 	var body healthBody
 	fw.Eventually(t, converge, func(ctx context.Context) error {
-		r, err := httpGet(ctx, from, addr)
+		r, err := httpGet(ctx, from, "http://"+addr.String()+"/")
 		if err != nil {
 			return err
 		}

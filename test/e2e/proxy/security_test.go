@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -161,7 +160,8 @@ func TestSecurity(t *testing.T) {
 			{"node-2 healthz not on loopback", n2.NS, "http://127.0.0.1:10256/healthz", false},
 			{"node-2 metrics on every address", client.NS, fmt.Sprintf("http://%s:10249/metrics", n2.IP(fam)), true},
 		} {
-			code, _, err := httpGet(t.Context(), tc.from, tc.url)
+			r, err := httpGet(t.Context(), tc.from, tc.url)
+			code := r.code
 			if ok := err == nil && code == http.StatusOK; ok != tc.wantOK {
 				t.Errorf("%s: GET %s from %s: %d %v; want reachable=%v", tc.name, tc.url, tc.from.Name(), code, err, tc.wantOK)
 			}
@@ -170,7 +170,8 @@ func TestSecurity(t *testing.T) {
 
 	t.Run("debug endpoints refuse non-loopback clients", func(t *testing.T) {
 		for _, path := range []string{"/debug/last-sync", "/debug/rules"} {
-			code, _, err := httpGet(t.Context(), client.NS, fmt.Sprintf("http://%s:10249%s", n2.IP(fam), path))
+			r, err := httpGet(t.Context(), client.NS, fmt.Sprintf("http://%s:10249%s", n2.IP(fam), path))
+			code := r.code
 			if err != nil || code != http.StatusForbidden {
 				t.Errorf("GET %s from another host: %d %v; want 403", path, code, err)
 			}
@@ -265,23 +266,6 @@ func requestFails(t *testing.T, ns *fw.NS, addr netip.AddrPort, what string) {
 			t.Fatalf("%s answered (%s from %v): want no answer", what, r.Name, addr)
 		}
 	}
-}
-
-// httpGet fetches url from inside ns.
-func httpGet(ctx context.Context, ns *fw.NS, url string) (int, string, error) {
-	tr := &http.Transport{DialContext: ns.DialContext, DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, "", err
-	}
-	resp, err := (&http.Client{Transport: tr, Timeout: 3 * time.Second}).Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close() //nolint:errcheck // read-only
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body), err
 }
 
 // firewallDrops returns the packet count of the DROP rules in node n's
