@@ -13,7 +13,7 @@
 #   3. check, chrooted into the rootfs: iptproxy --version; then, in private
 #      network namespaces, that the wrapper follows kubelet's hint chain to
 #      the legacy and to the nft backend, that remove-dispatch-chains removes
-#      unused KUBE-DSP-* chains (and only those), and that iptproxy --cleanup
+#      unused KUBE-SVC-DSP-* chains (and only those), and that iptproxy --cleanup
 #      removes kube-proxy's chains.
 #
 # The Debian mirror is the one apt already uses (the bookworm entry of
@@ -259,19 +259,19 @@ check_wrapper nft
 in_rootfs /bin/sh -eu -c '
   iptables-nft -t mangle -N KUBE-IPTABLES-HINT
   printf "%s\n" "*nat" ":KUBE-SERVICES - [0:0]" ":KUBE-SVC-ABCDEFGHIJKLMNOP - [0:0]" \
-    ":KUBE-DSP-0 - [0:0]" ":KUBE-DSP-01 - [0:0]" \
-    "-A KUBE-SERVICES -j KUBE-DSP-0" "-A KUBE-DSP-0 -d 10.0.0.0/8 -j KUBE-DSP-01" \
-    "-A KUBE-DSP-01 -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -j KUBE-SVC-ABCDEFGHIJKLMNOP" \
+    ":KUBE-SVC-DSP-0 - [0:0]" ":KUBE-SVC-DSP-01 - [0:0]" \
+    "-A KUBE-SERVICES -j KUBE-SVC-DSP-0" "-A KUBE-SVC-DSP-0 -d 10.0.0.0/8 -j KUBE-SVC-DSP-01" \
+    "-A KUBE-SVC-DSP-01 -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -j KUBE-SVC-ABCDEFGHIJKLMNOP" \
     COMMIT | iptables-nft-restore --noflush
   if remove-dispatch-chains; then
     echo "remove-dispatch-chains removed chains KUBE-SERVICES still uses" >&2
     exit 1
   fi
-  iptables-save -t nat | grep -q "^:KUBE-DSP-01 "
+  iptables-save -t nat | grep -q "^:KUBE-SVC-DSP-01 "
   iptables -t nat -F KUBE-SERVICES
   remove-dispatch-chains
-  if iptables-save -t nat | grep -q KUBE-DSP-; then
-    echo "remove-dispatch-chains left KUBE-DSP- chains" >&2
+  if iptables-save -t nat | grep -q KUBE-SVC-DSP-; then
+    echo "remove-dispatch-chains left KUBE-SVC-DSP- chains" >&2
     exit 1
   fi
   iptables-save -t nat | grep -q "^:KUBE-SVC-ABCDEFGHIJKLMNOP "

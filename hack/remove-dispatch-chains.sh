@@ -1,18 +1,17 @@
 #!/bin/sh
-# Removes iptproxy's dispatch chains (KUBE-DSP-*) from a node after rolling
-# back to kube-proxy. Run it on every node once kube-proxy has synced there.
+# Removes iptproxy's leftover dispatch chains (KUBE-SVC-DSP-*) from a node
+# after rolling back to kube-proxy. Optional tidying: nothing depends on it.
 #
 # iptproxy splits kube-proxy's long KUBE-SERVICES, KUBE-NODEPORTS, ... lists
-# into trees of small KUBE-DSP-* chains. kube-proxy rewrites those top-level
-# chains on its first sync, so after that nothing jumps into the KUBE-DSP-*
-# chains. kube-proxy does not delete them, though, because they are not
-# chains it knows. They still jump to KUBE-SVC-*, KUBE-EXT-*, ... chains,
-# and that breaks kube-proxy later: when a Service is deleted, kube-proxy's
-# "-X KUBE-SVC-..." fails while a KUBE-DSP-* rule refers to that chain, and
-# so does its whole iptables-restore, on every retry.
+# into trees of small KUBE-SVC-DSP-* chains. kube-proxy rewrites those
+# top-level chains on its first sync, and in the nat table it also deletes
+# the dispatch chains, since their names start like its own KUBE-SVC-*
+# chains. In the filter table (trees of REJECT/DROP rules for Services
+# without endpoints) kube-proxy deletes no stale chain, so they stay behind,
+# unreferenced and harmless; this script removes them.
 #
-# The script refuses to touch a table where a chain other than a KUBE-DSP-*
-# one still jumps to a KUBE-DSP-* chain (iptproxy still runs, or kube-proxy
+# The script refuses to touch a table where a chain other than a KUBE-SVC-DSP-*
+# one still jumps to a KUBE-SVC-DSP-* chain (iptproxy still runs, or kube-proxy
 # has not synced yet). Each table is changed in one iptables-restore
 # transaction. Plain POSIX sh and awk: it runs on a node or in the iptproxy
 # image ("kubectl exec" into a privileged pod with host networking).
@@ -45,12 +44,12 @@ for family in ip ip6; do
   fi
   for table in nat filter; do
     dump="$("${save}" -t "${table}" 2>/dev/null)" || continue
-    chains="$(printf '%s\n' "${dump}" | awk '/^:KUBE-DSP-/ { print substr($1, 2) }')"
+    chains="$(printf '%s\n' "${dump}" | awk '/^:KUBE-SVC-DSP-/ { print substr($1, 2) }')"
     if [ -z "${chains}" ]; then
       continue
     fi
     # Rules outside the dispatch chains that still jump into them.
-    users="$(printf '%s\n' "${dump}" | awk '$1 == "-A" && $2 !~ /^KUBE-DSP-/ && / -[jg] KUBE-DSP-/ { print $2 }' | sort -u)"
+    users="$(printf '%s\n' "${dump}" | awk '$1 == "-A" && $2 !~ /^KUBE-SVC-DSP-/ && / -[jg] KUBE-SVC-DSP-/ { print $2 }' | sort -u)"
     if [ -n "${users}" ]; then
       echo "remove-dispatch-chains: ${family}tables ${table}: still in use by $(echo "${users}" | tr '\n' ' ')- has kube-proxy synced on this node (and is iptproxy stopped)? Not changed." >&2
       status=1
@@ -58,7 +57,7 @@ for family in ip ip6; do
     fi
     n="$(printf '%s\n' "${chains}" | wc -l)"
     if ${dry_run}; then
-      echo "remove-dispatch-chains: ${family}tables ${table}: would remove ${n} KUBE-DSP-* chains"
+      echo "remove-dispatch-chains: ${family}tables ${table}: would remove ${n} KUBE-SVC-DSP-* chains"
       continue
     fi
     # A chain line flushes the chain (with --noflush, only that chain); all
@@ -69,7 +68,7 @@ for family in ip ip6; do
       printf '%s\n' "${chains}" | awk '{ print "-X " $1 }'
       echo "COMMIT"
     } | "${restore}" --noflush
-    echo "remove-dispatch-chains: ${family}tables ${table}: removed ${n} KUBE-DSP-* chains"
+    echo "remove-dispatch-chains: ${family}tables ${table}: removed ${n} KUBE-SVC-DSP-* chains"
   done
 done
 exit "${status}"

@@ -11,7 +11,7 @@ import (
 func TestJumpTarget(t *testing.T) {
 	for _, tc := range []struct{ body, want string }{
 		{"-j KUBE-SEP-A", "KUBE-SEP-A"},
-		{"-d 10.0.0.0/8 -g KUBE-DSP-X", "KUBE-DSP-X"},
+		{"-d 10.0.0.0/8 -g KUBE-SVC-DSP-X", "KUBE-SVC-DSP-X"},
 		{`-m comment --comment "ns/a:p cluster IP" -m tcp --dport 80 -j KUBE-SVC-A`, "KUBE-SVC-A"},
 		{"-p tcp -m tcp -j DNAT --to-destination 10.1.0.1:80", "DNAT"},
 		{`-m comment --comment "other traffic will be dropped"`, ""},
@@ -34,10 +34,10 @@ func TestComputeChunkedOrder(t *testing.T) {
 		return c
 	}
 	desired := &rules.Ruleset{NAT: []*rules.Chain{
-		chain("KUBE-SERVICES", "KUBE-DSP-B", "KUBE-NODEPORTS"),
+		chain("KUBE-SERVICES", "KUBE-SVC-DSP-B", "KUBE-NODEPORTS"),
 		chain("KUBE-NODEPORTS", "KUBE-EXT-A"),
-		chain("KUBE-DSP-B", "KUBE-DSP-C", "KUBE-SVC-A"),
-		chain("KUBE-DSP-C", "KUBE-SVC-A"),
+		chain("KUBE-SVC-DSP-B", "KUBE-SVC-DSP-C", "KUBE-SVC-A"),
+		chain("KUBE-SVC-DSP-C", "KUBE-SVC-A"),
 		chain("KUBE-EXT-A", "KUBE-MARK-MASQ", "KUBE-SVC-A"),
 		chain("KUBE-MARK-MASQ", "MARK"),
 		chain("KUBE-SVC-A", "KUBE-SEP-1", "KUBE-SEP-2"),

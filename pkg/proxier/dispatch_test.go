@@ -156,7 +156,7 @@ func (c scaleCluster) proxier(t testing.TB, ipt iptables.Interface) *Proxier {
 }
 
 // dispatchCost counts the rules a path evaluated in the nat dispatch
-// chains (KUBE-SERVICES, KUBE-NODEPORTS and the KUBE-DSP-* below them) and
+// chains (KUBE-SERVICES, KUBE-NODEPORTS and the KUBE-SVC-DSP-* below them) and
 // how many of those chains it entered.
 func dispatchCost(o *trace.Outcome) (rulesCrossed, chains int) {
 	seen := map[string]bool{}

@@ -5,16 +5,28 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // PrefixDispatch is the prefix of the dispatch chains: the small chains that
 // replace kube-proxy's linear KUBE-SERVICES and KUBE-NODEPORTS lists with a
 // tree split on destination address (or protocol and port) digits. See
-// docs/dispatch-tree.md. When kube-proxy takes the node back it rewrites the
-// shared chains (dropping every jump into these chains) but deletes only
-// the KUBE-SVC/SVL/SEP/EXT/FW chains it does not want: KUBE-DSP-* chains
-// stay behind, unreferenced, until "iptproxy --cleanup" removes them.
-const PrefixDispatch = "KUBE-DSP-"
+// docs/dispatch-tree.md.
+//
+// The prefix starts with kube-proxy's "KUBE-SVC-" on purpose: when
+// kube-proxy takes a node back, its first sync rewrites the shared chains
+// and deletes every nat chain named like its own per-Service chains that it
+// does not want, so the nat dispatch chains go with them. Under any other
+// name they would stay behind still jumping to KUBE-SVC/EXT/FW chains, and
+// kube-proxy's later "-X" of such a chain (a Service deleted) would fail
+// and fail every restore after it. Real per-Service hashes are 16 base32
+// characters (A-Z, 2-7) right after "KUBE-SVC-", so the "DSP-" marker
+// cannot collide with one (see IsDispatchChain).
+const PrefixDispatch = "KUBE-SVC-DSP-"
+
+// IsDispatchChain reports whether chain is one of iptproxy's dispatch chains
+// (not a per-Service chain, despite its "KUBE-SVC-" prefix).
+func IsDispatchChain(chain string) bool { return strings.HasPrefix(chain, PrefixDispatch) }
 
 // LeafMax is the most rules a dispatch leaf holds: a prefix with more
 // entries under it becomes an internal chain with one jump per non-empty
@@ -101,7 +113,7 @@ func (t *dispatchTree) chainName(prefix []byte) string {
 	if t.kind == keyPort {
 		kind = "port"
 	}
-	return PrefixDispatch + hash16(t.family+"/"+t.table+"/"+t.root+"/"+kind+"/"+hex.EncodeToString(prefix))
+	return PrefixDispatch + hash12(t.family+"/"+t.table+"/"+t.root+"/"+kind+"/"+hex.EncodeToString(prefix))
 }
 
 // jumpTo renders the rule that sends packets under prefix to chain.

@@ -41,9 +41,10 @@ const (
 )
 
 // IsServiceChain reports whether chain is a per-Service, per-endpoint or
-// dispatch chain that iptproxy (or kube-proxy) created and may delete.
+// dispatch chain (PrefixDispatch extends PrefixServiceCluster) that
+// iptproxy (or kube-proxy) created and may delete.
 func IsServiceChain(chain string) bool {
-	for _, p := range []string{PrefixServiceCluster, PrefixServiceLocal, PrefixFirewall, PrefixExternal, PrefixEndpoint, PrefixDispatch} {
+	for _, p := range []string{PrefixServiceCluster, PrefixServiceLocal, PrefixFirewall, PrefixExternal, PrefixEndpoint} {
 		if strings.HasPrefix(chain, p) {
 			return true
 		}
@@ -55,6 +56,10 @@ func hash16(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return base32.StdEncoding.EncodeToString(sum[:])[:16]
 }
+
+// hash12 is hash16 cut to 12 characters, for dispatch chain names, which
+// carry a longer prefix (25 characters in all, as kube-proxy's names).
+func hash12(s string) string { return hash16(s)[:12] }
 
 // ServiceChainNames are the names of the chains of one Service port.
 type ServiceChainNames struct {

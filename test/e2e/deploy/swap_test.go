@@ -12,6 +12,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/iptproxy/iptproxy/pkg/rules"
 	"github.com/iptproxy/iptproxy/test/e2e/echo"
 	fw "github.com/iptproxy/iptproxy/test/e2e/framework"
 )
@@ -27,10 +28,12 @@ var restoreFailures = regexp.MustCompile(`(?m)^kubeproxy_sync_proxy_rules_iptabl
 
 // testSwap swaps kube-proxy for iptproxy and back on a node, as
 // docs/install.md describes it (stop one, start the other, nothing cleaned
-// in between), with a connection held open across both swaps. After the
-// way back it runs hack/remove-dispatch-chains.sh, then deletes a Service:
-// kube-proxy must then delete that Service's chains, which fails while a
-// leftover iptproxy dispatch chain still jumps to them.
+// in between), with a connection held open across both swaps. On the way
+// back kube-proxy must delete iptproxy's nat dispatch chains itself (they
+// are named like its own KUBE-SVC-* chains for that); then a Service is
+// deleted: kube-proxy's "-X" of its chains would fail if a leftover
+// dispatch chain still jumped to them. Last, hack/remove-dispatch-chains.sh
+// tidies the unreferenced filter-table dispatch chains.
 func (w *cluster) testSwap(t *testing.T) {
 	fw.RequireKubeProxy(t)
 	a := w.service(t, "swap-a")
@@ -69,25 +72,16 @@ func (w *cluster) testSwap(t *testing.T) {
 	mustAnswer(t, held, "after kube-proxy took over from iptproxy")
 	w.client.WaitForBackends(t, v1.ProtocolTCP, addrB, w.names, converge)
 
-	script := filepath.Join(w.env.Root, "hack", "remove-dispatch-chains.sh")
-	for _, backend := range []string{"nft", "legacy"} {
-		// kube-proxy's first sync has rewritten KUBE-SERVICES and
-		// friends by the time it is healthy; retry briefly anyway, as the
-		// script refuses while a top-level chain still uses a dispatch
-		// chain.
-		fw.Eventually(t, converge, func(ctx context.Context) error {
-			out, err := w.node.Run(ctx, "sh", script, "--backend", backend)
-			t.Logf("remove-dispatch-chains.sh --backend %s: %s %v", backend, strings.TrimSpace(out), err)
-			return err
-		})
-	}
-	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
-		for _, table := range []string{"nat", "filter"} {
-			if dump := w.node.IPTablesSave(t, fam, table); strings.Contains(dump, "KUBE-DSP-") {
-				t.Errorf("%s %s still has KUBE-DSP- chains:\n%s", fam, table, dump)
+	// kube-proxy's first sync deletes the nat dispatch chains with the
+	// other KUBE-SVC-* chains it does not want: no step in between.
+	fw.Eventually(t, converge, func(ctx context.Context) error {
+		for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+			if dump := w.node.IPTablesSave(t, fam, "nat"); strings.Contains(dump, rules.PrefixDispatch) {
+				return fmt.Errorf("%s nat still has %s* chains after kube-proxy's first sync", fam, rules.PrefixDispatch)
 			}
 		}
-	}
+		return nil
+	})
 
 	// kube-proxy deletes swap-a's chains.
 	if err := w.c.Client().CoreV1().Services(testNS).Delete(t.Context(), a.Name, metav1.DeleteOptions{}); err != nil {
@@ -114,6 +108,25 @@ func (w *cluster) testSwap(t *testing.T) {
 			t.Errorf("kube-proxy's iptables-restore failed after the way back: %s", m[0])
 		}
 	}
+	script := filepath.Join(w.env.Root, "hack", "remove-dispatch-chains.sh")
+	for _, backend := range []string{"nft", "legacy"} {
+		// The filter table's dispatch chains stay behind unreferenced
+		// (kube-proxy deletes stale chains in nat only); the script tidies
+		// them. It refuses while a top-level chain still uses one.
+		fw.Eventually(t, converge, func(ctx context.Context) error {
+			out, err := w.node.Run(ctx, "sh", script, "--backend", backend)
+			t.Logf("remove-dispatch-chains.sh --backend %s: %s %v", backend, strings.TrimSpace(out), err)
+			return err
+		})
+	}
+	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+		for _, table := range []string{"nat", "filter"} {
+			if dump := w.node.IPTablesSave(t, fam, table); strings.Contains(dump, rules.PrefixDispatch) {
+				t.Errorf("%s %s still has %s* chains:\n%s", fam, table, rules.PrefixDispatch, dump)
+			}
+		}
+	}
+
 	kp.Stop(t)
 }
 

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/iptproxy/iptproxy/pkg/rules"
 	fw "github.com/iptproxy/iptproxy/test/e2e/framework"
 )
 
@@ -37,7 +38,7 @@ func inspectNAT(save string) (services int, dangling []string) {
 		if strings.HasPrefix(l, ":") {
 			name, _, _ := strings.Cut(l[1:], " ")
 			declared[name] = true
-			if strings.HasPrefix(name, "KUBE-SVC-") {
+			if strings.HasPrefix(name, "KUBE-SVC-") && !rules.IsDispatchChain(name) {
 				services++
 			}
 			continue

@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
+	"github.com/iptproxy/iptproxy/pkg/rules"
 	"github.com/iptproxy/iptproxy/pkg/trace"
 	fw "github.com/iptproxy/iptproxy/test/e2e/framework"
 )
@@ -320,7 +321,7 @@ func compareRules(t *testing.T, n1, n2 *fw.Node, node trace.Node, svcs []*v1.Ser
 				var out []string
 				for _, ch := range rs.Table(table).Chains() {
 					for _, prefix := range []string{"KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"} {
-						if strings.HasPrefix(ch.Name, prefix) {
+						if strings.HasPrefix(ch.Name, prefix) && !rules.IsDispatchChain(ch.Name) {
 							out = append(out, ch.Name)
 						}
 					}

@@ -34,7 +34,7 @@ func TestIPTProxyDispatchTree(t *testing.T) {
 		if err != nil || code != 200 {
 			return fmt.Errorf("/debug/rules: %d %v", code, err)
 		}
-		if !strings.Contains(body, "-A KUBE-SERVICES -d ") || !strings.Contains(body, "-A KUBE-NODEPORTS -p tcp -j KUBE-DSP-") {
+		if !strings.Contains(body, "-A KUBE-SERVICES -d ") || !strings.Contains(body, "-A KUBE-NODEPORTS -p tcp -j KUBE-SVC-DSP-") {
 			return fmt.Errorf("no dispatch tree in the rules yet")
 		}
 		return nil
