@@ -64,6 +64,9 @@ func (w *cluster) testSwap(t *testing.T) {
 	addrB := fw.ServiceAddr(b, v1.IPv4Protocol, 80)
 	w.client.WaitForBackends(t, v1.ProtocolTCP, addrB, w.names, converge)
 	t.Logf("iptproxy took over: held connection alive, new Service %s served", addrB)
+	if dump := w.node.IPTablesSave(t, v1.IPv4Protocol, "nat"); !strings.Contains(dump, ":"+rules.PrefixDispatch) {
+		t.Fatalf("iptproxy made no %s* chains with %d Services; the way back would prove nothing", rules.PrefixDispatch, fillerServices+2)
+	}
 
 	// iptproxy -> kube-proxy.
 	ipt.Stop(t)
