@@ -24,40 +24,63 @@ const bulkServices = 3000
 // snapshot is what one iptables-save of the nat table showed.
 type snapshot struct {
 	at       time.Duration
-	services int      // KUBE-SVC-* chains declared
-	dangling []string // jumps to chains that are not declared
+	services int      // KUBE-SVC-* chains packets can reach
+	dangling []string // reachable jumps to chains that are not declared, or empty Service chains
 	err      error
 }
 
-// inspectNAT counts the Service chains of an iptables-save dump of nat and
-// lists jumps whose target chain is not declared.
+// inspectNAT counts the Service chains that packets can reach in an
+// iptables-save dump of nat (walking the jumps from the built-in chains)
+// and lists reachable jumps to undeclared chains and reachable Service
+// chains without rules. Reachability is what "old set or new set" means
+// for packets: a large sync is split into transactions that write new
+// chains before anything jumps to them (make-before-break), so a dump may
+// show new chains that nothing references yet; they are invisible to
+// traffic until the transaction that switches the jumps commits.
 func inspectNAT(save string) (services int, dangling []string) {
 	declared := map[string]bool{}
-	var targets []string
+	jumps := map[string][]string{}
+	ruleCount := map[string]int{}
 	for _, l := range strings.Split(save, "\n") {
 		if strings.HasPrefix(l, ":") {
 			name, _, _ := strings.Cut(l[1:], " ")
 			declared[name] = true
-			if strings.HasPrefix(name, "KUBE-SVC-") && !rules.IsDispatchChain(name) {
-				services++
-			}
 			continue
 		}
 		if !strings.HasPrefix(l, "-A ") {
 			continue
 		}
 		f := strings.Fields(l)
-		for i := 0; i+1 < len(f); i++ {
+		ruleCount[f[1]]++
+		for i := 2; i+1 < len(f); i++ {
 			if f[i] == "-j" || f[i] == "-g" {
 				if t := f[i+1]; strings.HasPrefix(t, "KUBE-") {
-					targets = append(targets, t)
+					jumps[f[1]] = append(jumps[f[1]], t)
 				}
 			}
 		}
 	}
-	for _, t := range targets {
-		if !declared[t] {
-			dangling = append(dangling, t)
+	seen := map[string]bool{}
+	queue := []string{"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}
+	for len(queue) > 0 {
+		c := queue[0]
+		queue = queue[1:]
+		if seen[c] {
+			continue
+		}
+		seen[c] = true
+		if strings.HasPrefix(c, rules.PrefixServiceCluster) && !rules.IsDispatchChain(c) {
+			services++
+			if ruleCount[c] == 0 {
+				dangling = append(dangling, c+" (empty)")
+			}
+		}
+		for _, t := range jumps[c] {
+			if !declared[t] {
+				dangling = append(dangling, t)
+				continue
+			}
+			queue = append(queue, t)
 		}
 	}
 	return services, dangling
@@ -193,7 +216,7 @@ func TestSIGKILLDuringLargeRestore(t *testing.T) {
 		}
 		counts[s.services]++
 		if len(s.dangling) > 0 || (s.services != oldCount && s.services != newCount) {
-			t.Errorf("dump at %v is half written: %d Service chains (old %d, new %d), dangling jumps %v",
+			t.Errorf("dump at %v is half written: %d reachable Service chains (old %d, new %d), dangling jumps %v",
 				s.at.Round(time.Millisecond), s.services, oldCount, newCount, first(s.dangling, 5))
 		}
 	}
