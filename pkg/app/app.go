@@ -162,7 +162,8 @@ func Run(ctx context.Context, o *options.Options) error {
 	for i, p := range proxiers {
 		handlers[i] = p
 	}
-	if err := addHandlers(factory, handlers); err != nil {
+	svcSynced, sliceSynced, err := addHandlers(factory, handlers)
+	if err != nil {
 		return err
 	}
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, cfg.ConfigSyncPeriod.Duration,
@@ -209,8 +210,6 @@ func Run(ctx context.Context, o *options.Options) error {
 	g.Go(func() error {
 		factory.Start(ctx.Done())
 		nodeFactory.Start(ctx.Done())
-		svcSynced := factory.Core().V1().Services().Informer().HasSynced
-		sliceSynced := factory.Discovery().V1().EndpointSlices().Informer().HasSynced
 		if !cache.WaitForNamedCacheSyncWithContext(ctx, svcSynced, sliceSynced) {
 			return ctx.Err()
 		}

@@ -57,15 +57,15 @@ func TestInformersIgnoreLabelledObjects(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := rt.NewCluster(t, rt.DefaultConfig(v1.IPv4Protocol), nil)
-	if err := addHandlers(factory, []EventHandler{c.Proxier()}); err != nil {
+	svcSynced, sliceSynced, err := addHandlers(factory, []EventHandler{c.Proxier()})
+	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	factory.Start(ctx.Done())
 	defer factory.Shutdown() // after cancel: it waits for the informers to stop
 	defer cancel()
-	if !cache.WaitForCacheSync(ctx.Done(), factory.Core().V1().Services().Informer().HasSynced,
-		factory.Discovery().V1().EndpointSlices().Informer().HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), svcSynced, sliceSynced) {
 		t.Fatal("informers did not sync")
 	}
 	c.Sync()

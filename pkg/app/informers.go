@@ -71,10 +71,15 @@ func trimObject(obj any) (any, error) {
 	return obj, nil
 }
 
-// addHandlers fans informer events out to every handler.
-func addHandlers(factory informers.SharedInformerFactory, handlers []EventHandler) error {
+// addHandlers fans informer events out to every handler. The returned
+// functions report when each handler registration has received every object
+// of its informer's initial list: an informer's own HasSynced turns true
+// once its store is filled, possibly long before the handlers have been
+// called for every object (thousands of EndpointSlices), and a first sync
+// then would delete the rules of every Service not yet delivered.
+func addHandlers(factory informers.SharedInformerFactory, handlers []EventHandler) (servicesSynced, slicesSynced cache.InformerSynced, err error) {
 	svcInformer := factory.Core().V1().Services().Informer()
-	if _, err := svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	svcReg, err := svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if svc, ok := obj.(*v1.Service); ok {
 				for _, h := range handlers {
@@ -101,11 +106,12 @@ func addHandlers(factory informers.SharedInformerFactory, handlers []EventHandle
 				}
 			}
 		},
-	}); err != nil {
-		return err
+	})
+	if err != nil {
+		return nil, nil, err
 	}
 	sliceInformer := factory.Discovery().V1().EndpointSlices().Informer()
-	_, err := sliceInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	sliceReg, err := sliceInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if s, ok := obj.(*discovery.EndpointSlice); ok {
 				for _, h := range handlers {
@@ -131,7 +137,10 @@ func addHandlers(factory informers.SharedInformerFactory, handlers []EventHandle
 			}
 		},
 	})
-	return err
+	if err != nil {
+		return nil, nil, err
+	}
+	return svcReg.HasSynced, sliceReg.HasSynced, nil
 }
 
 // sameVersion reports whether an update carries the object the informer
