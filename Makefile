@@ -9,7 +9,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/iptproxy/iptproxy/pkg/version.Version=$(VERSION)
 export IPTPROXY_TOOLS_DIR ?= $(CURDIR)/_output/bin
 
-.PHONY: all build deps tools test unit e2e demo verify fmt vet clean image image-rootfs check-image kind-up kind-down
+.PHONY: all build deps tools test unit e2e demo verify fmt vet clean image image-rootfs check-image kind-up kind-down bench
 
 all: build
 
@@ -61,6 +61,10 @@ kind-up:
 ## kind-down: delete the kind cluster kind-up made
 kind-down:
 	hack/kind-down.sh
+
+## bench: iptproxy vs upstream kube-proxy side by side (BENCH_SIZES=1000x10 BENCH_BACKENDS=nft ...; see hack/bench.sh)
+bench: deps tools build
+	hack/bench.sh
 
 ## verify: gofmt, go vet, shellcheck
 verify:

@@ -3,6 +3,7 @@ package scale
 import (
 	"errors"
 	"math"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -300,5 +301,40 @@ func TestParseSizes(t *testing.T) {
 	}
 	if _, err := ParseList("nft,ipvs", "nft", "legacy"); err == nil {
 		t.Errorf("ParseList accepted ipvs")
+	}
+}
+
+func TestConnectTimes(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Skipf("no IPv4 loopback listener: %v", err)
+	}
+	defer ln.Close() //nolint:errcheck // test listener
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	addr := netip.MustParseAddrPort(ln.Addr().String())
+	ts, failed, err := ConnectTimes(addr, 20, time.Second)
+	if err != nil || failed != 0 || len(ts) != 20 {
+		t.Fatalf("ConnectTimes to a listener = %d times, %d failed, %v; want 20, 0, nil", len(ts), failed, err)
+	}
+	for _, d := range ts {
+		if d <= 0 {
+			t.Errorf("connect time %v, want > 0", d)
+		}
+	}
+	ln.Close() //nolint:errcheck,gosec // now nothing listens: connects are refused
+	ts, failed, err = ConnectTimes(addr, 3, time.Second)
+	if err != nil || failed != 3 || len(ts) != 0 {
+		t.Errorf("ConnectTimes to a closed port = %d times, %d failed, %v; want 0, 3, nil", len(ts), failed, err)
+	}
+	if _, _, err := ConnectTimes(netip.MustParseAddrPort("[::1]:80"), 1, time.Second); err == nil {
+		t.Errorf("ConnectTimes accepted an IPv6 address")
 	}
 }

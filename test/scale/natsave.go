@@ -44,8 +44,8 @@ type rule struct {
 	chain, dest, jump string
 }
 
-// rules returns the "-A" lines of iptables-save output.
-func rules(save string) []rule {
+// parseRules returns the "-A" lines of iptables-save output.
+func parseRules(save string) []rule {
 	var out []rule
 	sc := bufio.NewScanner(strings.NewReader(save))
 	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
@@ -73,7 +73,7 @@ func rules(save string) []rule {
 // jump to a KUBE-SEP chain: for a KUBE-SVC chain, its number of endpoints.
 func EndpointJumps(save string) map[string]int {
 	out := map[string]int{}
-	for _, r := range rules(save) {
+	for _, r := range parseRules(save) {
 		if strings.HasPrefix(r.jump, "KUBE-SEP-") {
 			out[r.chain]++
 		}
@@ -86,7 +86,7 @@ func EndpointJumps(save string) map[string]int {
 func ChainDestinations(save, chain string) []netip.Addr {
 	var out []netip.Addr
 	seen := map[netip.Addr]bool{}
-	for _, r := range rules(save) {
+	for _, r := range parseRules(save) {
 		if r.chain != chain || r.dest == "" {
 			continue
 		}

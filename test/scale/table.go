@@ -21,6 +21,8 @@ const (
 	// UnitOverhead is a connect-time difference; X is in microseconds and
 	// printed with its sign.
 	UnitOverhead
+	// UnitMicros is a short latency; X is in microseconds.
+	UnitMicros
 )
 
 // Value is one measured figure, or the reason there is none.
@@ -59,6 +61,11 @@ func Overhead(d time.Duration) Value {
 	return Value{Unit: UnitOverhead, X: float64(d) / float64(time.Microsecond), Valid: true}
 }
 
+// Micros returns a short latency printed in microseconds.
+func Micros(d time.Duration) Value {
+	return Value{Unit: UnitMicros, X: float64(d) / float64(time.Microsecond), Valid: true}
+}
+
 // Missing returns a Value that was not measured, with the reason.
 func Missing(unit Unit, reason string) Value { return Value{Unit: unit, Note: reason} }
 
@@ -81,6 +88,8 @@ func (v Value) String() string {
 		return fmt.Sprintf("%.0f MiB", v.X/(1<<20))
 	case UnitOverhead:
 		return fmt.Sprintf("%+.0f µs", v.X)
+	case UnitMicros:
+		return fmt.Sprintf("%.0f µs", v.X)
 	}
 	return fmt.Sprintf("%g", v.X)
 }
