@@ -150,6 +150,13 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 		if d != nil {
 			d.Stop(t)
 		}
+		// Keep the restore log next to the table.
+		if b, err := os.ReadFile(td.Log); err == nil {
+			keep := filepath.Join(cfg.output, fmt.Sprintf("restores-%s-%s.log", w.c.RunID(), node.Name()))
+			if err := os.WriteFile(keep, b, 0o644); err != nil {
+				t.Logf("keeping the restore log: %v", err)
+			}
+		}
 		if err := netns.KillAll(cctx, node.NetNS.Name()); err != nil {
 			t.Errorf("stopping processes on %s: %v", node.Name(), err)
 		}
@@ -182,24 +189,48 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 	d = node.StartDaemon(t, framework.DaemonOptions{Binary: wrapper, Args: args})
 	t0 := time.Now()
 	sample := spread(services, 20)
-	coldDone, err := poll(ctx, t0, limit, time.Second, d, func(ctx context.Context) (bool, error) {
-		out, err := save(ctx)
-		if err != nil {
-			return false, err
-		}
-		jumps := EndpointJumps(out)
-		for _, s := range services {
-			if got := jumps[s.chain]; got != len(s.endpoints) {
-				return false, fmt.Errorf("%s (%s) jumps to %d endpoints, want %d", s.chain, s.svc.Name, got, len(s.endpoints))
+	// iptables-save of a large table costs seconds of CPU that the daemon
+	// would miss: read the rules again only after a new restore succeeded.
+	// The time reported is when the restore that completed the rules
+	// ended, unless the sample did not answer right after it.
+	rulesOK, seen, probesFailed := false, 0, false
+	var rulesAt time.Time
+	coldDone, err := poll(ctx, t0, limit, 250*time.Millisecond, d, func(ctx context.Context) (bool, error) {
+		if !rulesOK {
+			n, last := 0, time.Time{}
+			for _, r := range restores() {
+				if !r.IPv6() && r.Bytes > 0 && r.ExitCode == 0 {
+					n++
+					last = r.End
+				}
 			}
+			if n == seen {
+				return false, nil
+			}
+			out, err := save(ctx)
+			if err != nil {
+				return false, err
+			}
+			seen = n
+			jumps := EndpointJumps(out)
+			for _, s := range services {
+				if got := jumps[s.chain]; got != len(s.endpoints) {
+					return false, fmt.Errorf("%s (%s) jumps to %d endpoints, want %d", s.chain, s.svc.Name, got, len(s.endpoints))
+				}
+			}
+			rulesOK, rulesAt = true, last
 		}
 		for _, s := range sample {
 			if name, err := answeredBy(ctx, node.NS, s.addr(), time.Second); err != nil || name != nameInitial {
+				probesFailed = true
 				return false, fmt.Errorf("%s answered by %q: %w", s.svc.Name, name, err)
 			}
 		}
 		return true, nil
 	})
+	if err == nil && !probesFailed && rulesAt.After(t0) {
+		coldDone = rulesAt
+	}
 	res.cold = timedValue(t0, coldDone, err, limit)
 	if err != nil {
 		note("cold start: %v", err)
@@ -209,6 +240,7 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 		res.rss, res.hwm = readMemory(d)
 		return res
 	}
+	time.Sleep(300 * time.Millisecond) // the shim logs after the tool exits
 	settle(restores, 3*time.Second, 2*time.Minute)
 	b, n := Written(restores(), false, t0, coldDone)
 	res.coldBytes = Bytes(b)
@@ -268,6 +300,7 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 		note("restart: %v", err)
 		return res
 	}
+	time.Sleep(300 * time.Millisecond) // the shim logs after the tool exits
 	settle(restores, 3*time.Second, time.Minute)
 	b, n = Written(restores(), false, start, time.Now())
 	res.restartBytes = Bytes(b)
