@@ -338,3 +338,59 @@ func TestConnectTimes(t *testing.T) {
 		t.Errorf("ConnectTimes accepted an IPv6 address")
 	}
 }
+
+func TestParseHistogramAndQuantile(t *testing.T) {
+	text := `# HELP kubeproxy_network_programming_duration_seconds In Cluster Network Programming Latency in seconds
+# TYPE kubeproxy_network_programming_duration_seconds histogram
+kubeproxy_network_programming_duration_seconds_bucket{le="0.25"} 10
+kubeproxy_network_programming_duration_seconds_bucket{le="0.5"} 50
+kubeproxy_network_programming_duration_seconds_bucket{le="1"} 90
+kubeproxy_network_programming_duration_seconds_bucket{le="+Inf"} 100
+kubeproxy_network_programming_duration_seconds_sum 60
+kubeproxy_network_programming_duration_seconds_count 100
+other_metric{a="x,y",b="q\"uote"} 7
+kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} 12 1700000000000
+`
+	h, err := ParseHistogram(text, "kubeproxy_network_programming_duration_seconds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Count != 100 || h.Sum != 60 || len(h.Buckets) != 4 || !math.IsInf(h.Buckets[3].UpperBound, 1) {
+		t.Fatalf("parsed %+v", h)
+	}
+	tests := []struct {
+		q, want float64
+	}{
+		{0.05, 0.125}, // inside the first bucket, from 0
+		{0.5, 0.5},    // exactly at a bound
+		{0.7, 0.75},   // interpolated in (0.5, 1]
+		{0.99, 1},     // in +Inf: the highest finite bound
+	}
+	for _, tt := range tests {
+		if got := h.Quantile(tt.q); math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("Quantile(%v) = %v, want %v", tt.q, got, tt.want)
+		}
+	}
+	before := Histogram{Buckets: []Bucket{{0.25, 10}, {0.5, 10}, {1, 10}, {math.Inf(1), 10}}, Count: 10, Sum: 1}
+	d := h.Sub(before)
+	if d.Count != 90 || d.Buckets[0].Count != 0 || d.Buckets[1].Count != 40 {
+		t.Errorf("Sub = %+v", d)
+	}
+	// 90 new observations: 0 in the first bucket, 40 up to 0.5, 80 up to 1.
+	if got := d.Quantile(0.5); math.Abs(got-0.5625) > 1e-9 {
+		t.Errorf("median of the difference = %v, want 0.5625", got)
+	}
+	syncs, err := ParseHistogram(text, "kubeproxy_sync_proxy_rules_duration_seconds")
+	if err != nil || syncs.Count != 12 {
+		t.Errorf("sync count = %v, %v; want 12 (sample with a timestamp)", syncs.Count, err)
+	}
+	if empty, err := ParseHistogram(text, "absent"); err != nil || !math.IsNaN(empty.Quantile(0.5)) {
+		t.Errorf("absent histogram: %+v, %v; want empty and NaN quantile", empty, err)
+	}
+	if _, err := ParseHistogram(`x_bucket{le="a"} 1`, "x"); err == nil {
+		t.Errorf("bad le accepted")
+	}
+	if _, err := ParseHistogram(`x_bucket{le="1"`, "x"); err == nil {
+		t.Errorf("unterminated labels accepted")
+	}
+}

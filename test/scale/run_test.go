@@ -100,6 +100,161 @@ func timedValue(start, done time.Time, err error, limit time.Duration) Value {
 	}
 }
 
+// proxyNode is one proxy daemon in a fresh node namespace, with the
+// restore shims in its PATH.
+type proxyNode struct {
+	w        *world
+	spec     runSpec
+	node     *framework.Node
+	td       ToolDir
+	wrapper  string
+	args     []string
+	services []*benchService
+	note     func(format string, args ...any)
+
+	d       *framework.Daemon
+	changed []*benchService // Services whose endpoints close must reset
+}
+
+// newProxyNode prepares a node namespace for one proxy (the daemon is not
+// started yet).
+func (w *world) newProxyNode(t *testing.T, spec runSpec, note func(string, ...any)) *proxyNode {
+	t.Helper()
+	w.runs++
+	short := map[string]string{proxyIPTProxy: "ipt", proxyKubeProxy: "kp"}[spec.proxy]
+	node := w.addNode(t, fmt.Sprintf("%s-%s-%d", short, spec.backend, w.runs))
+	dir := filepath.Join(w.c.Dir(), "bench", node.Name())
+	td, err := InstallTools(filepath.Join(dir, "tools"), spec.backend, "/usr/sbin")
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	wrapper := filepath.Join(dir, spec.proxy)
+	if err := WriteDaemonWrapper(wrapper, spec.binary, td); err != nil {
+		t.Fatalf("%v", err)
+	}
+	var args []string
+	if spec.proxy == proxyIPTProxy {
+		args = append(args, "--iptables-backend="+spec.backend)
+	}
+	return &proxyNode{w: w, spec: spec, node: node, td: td, wrapper: wrapper, args: args,
+		services: w.objects.services[:spec.size.Services], note: note}
+}
+
+// close stops the daemon, puts back the endpoints the run changed, keeps the
+// restore log next to the table and empties the node's tables, so that the
+// kernel frees them. The namespace itself stays: later nodes route to it.
+func (pn *proxyNode) close(t *testing.T) {
+	t.Helper()
+	ctx := context.WithoutCancel(t.Context())
+	if pn.d != nil {
+		pn.d.Stop(t)
+	}
+	for _, s := range pn.changed {
+		if err := pn.w.objects.reset(ctx, s); err != nil {
+			t.Errorf("resetting %s: %v", s.svc.Name, err)
+		}
+	}
+	if b, err := os.ReadFile(pn.td.Log); err == nil {
+		keep := filepath.Join(pn.spec.cfg.output, fmt.Sprintf("restores-%s-%s.log", pn.w.c.RunID(), pn.node.Name()))
+		if err := os.WriteFile(keep, b, 0o644); err != nil {
+			t.Logf("keeping the restore log: %v", err)
+		}
+	}
+	// Whatever still runs there: an iptables-restore that outlived a
+	// timed-out daemon.
+	if err := netns.KillAll(ctx, pn.node.NetNS.Name()); err != nil {
+		t.Errorf("stopping processes on %s: %v", pn.node.Name(), err)
+	}
+	for _, fam := range []string{"iptables", "ip6tables"} {
+		cmd := pn.node.Command(ctx, "/usr/sbin/"+fam+"-"+pn.spec.backend+"-restore")
+		cmd.Stdin = strings.NewReader("*nat\nCOMMIT\n*filter\nCOMMIT\n")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("emptying the %s tables of %s: %v: %s", fam, pn.node.Name(), err, out)
+		}
+	}
+}
+
+// restores returns what the restore shims logged so far.
+func (pn *proxyNode) restores() []Restore {
+	b, err := os.ReadFile(pn.td.Log)
+	if err != nil && !os.IsNotExist(err) {
+		pn.note("reading the restore log: %v", err)
+		return nil
+	}
+	rs, err := ParseRestoreLog(string(b))
+	if err != nil {
+		pn.note("%v", err)
+	}
+	return rs
+}
+
+// save returns the node's IPv4 nat table.
+func (pn *proxyNode) save(ctx context.Context) (string, error) {
+	return pn.node.Run(ctx, "/usr/sbin/"+pn.td.SaveTool(), "-t", "nat")
+}
+
+// swap replaces a Service's first endpoint with a fresh one.
+func (pn *proxyNode) swap(t *testing.T, s *benchService) {
+	t.Helper()
+	if err := pn.w.objects.swapFirstEndpoint(t.Context(), s, pn.w.freshAddr(t)); err != nil {
+		t.Fatalf("%v", err)
+	}
+	pn.changed = append(pn.changed, s)
+}
+
+// coldStart starts the daemon and waits until every Service's KUBE-SVC
+// chain jumps to all its endpoints and a sample of Services answers. It
+// returns the start time and when that was reached: the end of the restore
+// that completed the rules, unless the sample did not answer right after
+// it (then when it did).
+func (pn *proxyNode) coldStart(t *testing.T, limit time.Duration) (time.Time, time.Time, error) {
+	t.Helper()
+	pn.d = pn.node.StartDaemon(t, framework.DaemonOptions{Binary: pn.wrapper, Args: pn.args})
+	t0 := time.Now()
+	sample := spread(pn.services, 20)
+	// iptables-save of a large table costs seconds of CPU that the daemon
+	// would miss: read the rules again only after a new restore succeeded.
+	rulesOK, seen, probesFailed := false, 0, false
+	var rulesAt time.Time
+	done, err := poll(t.Context(), t0, limit, 250*time.Millisecond, pn.d, func(ctx context.Context) (bool, error) {
+		if !rulesOK {
+			n, last := 0, time.Time{}
+			for _, r := range pn.restores() {
+				if !r.IPv6() && r.Bytes > 0 && r.ExitCode == 0 {
+					n++
+					last = r.End
+				}
+			}
+			if n == seen {
+				return false, nil
+			}
+			out, err := pn.save(ctx)
+			if err != nil {
+				return false, err
+			}
+			seen = n
+			jumps := EndpointJumps(out)
+			for _, s := range pn.services {
+				if got := jumps[s.chain]; got != len(s.endpoints) {
+					return false, fmt.Errorf("%s (%s) jumps to %d endpoints, want %d", s.chain, s.svc.Name, got, len(s.endpoints))
+				}
+			}
+			rulesOK, rulesAt = true, last
+		}
+		for _, s := range sample {
+			if name, err := answeredBy(ctx, pn.node.NS, s.addr(), time.Second); err != nil || name != nameInitial {
+				probesFailed = true
+				return false, fmt.Errorf("%s answered by %q: %w", s.svc.Name, name, err)
+			}
+		}
+		return true, nil
+	})
+	if err == nil && !probesFailed && rulesAt.After(t0) {
+		done = rulesAt
+	}
+	return t0, done, err
+}
+
 // run benchmarks one proxy in a fresh node namespace. The API objects are
 // back to their initial state when it returns.
 func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
@@ -113,124 +268,13 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 		res.notes = append(res.notes, msg)
 		t.Logf("%s %s %s: %s", spec.size, spec.backend, spec.proxy, msg)
 	}
-	w.runs++
-	short := map[string]string{proxyIPTProxy: "ipt", proxyKubeProxy: "kp"}[spec.proxy]
-	node := w.addNode(t, fmt.Sprintf("%s-%s-%d", short, spec.backend, w.runs))
-	dir := filepath.Join(w.c.Dir(), "bench", node.Name())
-	td, err := InstallTools(filepath.Join(dir, "tools"), spec.backend, "/usr/sbin")
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatalf("%v", err)
-	}
-	wrapper := filepath.Join(dir, spec.proxy)
-	if err := WriteDaemonWrapper(wrapper, spec.binary, td); err != nil {
-		t.Fatalf("%v", err)
-	}
-	var args []string
-	if spec.proxy == proxyIPTProxy {
-		args = append(args, "--iptables-backend="+spec.backend)
-	}
-	services := w.objects.services[:spec.size.Services]
-	var changed []*benchService
-	var d *framework.Daemon
-	defer func() {
-		// Leave the apiserver as the next run expects it, and free the
-		// node's rules.
-		for _, s := range changed {
-			if err := w.objects.reset(context.WithoutCancel(ctx), s); err != nil {
-				t.Errorf("resetting %s: %v", s.svc.Name, err)
-			}
-		}
-		// Stop whatever still runs there (an iptables-restore that outlived
-		// a timed-out daemon) and empty the tables, so that the kernel
-		// frees them. The namespace itself stays: later nodes route to it.
-		cctx := context.WithoutCancel(ctx)
-		if d != nil {
-			d.Stop(t)
-		}
-		// Keep the restore log next to the table.
-		if b, err := os.ReadFile(td.Log); err == nil {
-			keep := filepath.Join(cfg.output, fmt.Sprintf("restores-%s-%s.log", w.c.RunID(), node.Name()))
-			if err := os.WriteFile(keep, b, 0o644); err != nil {
-				t.Logf("keeping the restore log: %v", err)
-			}
-		}
-		if err := netns.KillAll(cctx, node.NetNS.Name()); err != nil {
-			t.Errorf("stopping processes on %s: %v", node.Name(), err)
-		}
-		for _, fam := range []string{"iptables", "ip6tables"} {
-			cmd := node.Command(cctx, "/usr/sbin/"+fam+"-"+spec.backend+"-restore")
-			cmd.Stdin = strings.NewReader("*nat\nCOMMIT\n*filter\nCOMMIT\n")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Errorf("emptying the %s tables of %s: %v: %s", fam, node.Name(), err, out)
-			}
-		}
-	}()
-	restores := func() []Restore {
-		b, err := os.ReadFile(td.Log)
-		if err != nil && !os.IsNotExist(err) {
-			note("reading the restore log: %v", err)
-			return nil
-		}
-		rs, err := ParseRestoreLog(string(b))
-		if err != nil {
-			note("%v", err)
-		}
-		return rs
-	}
-	save := func(ctx context.Context) (string, error) {
-		return node.Run(ctx, "/usr/sbin/"+td.SaveTool(), "-t", "nat")
-	}
+	pn := w.newProxyNode(t, spec, note)
+	defer pn.close(t)
+	node, services, restores := pn.node, pn.services, pn.restores
 
-	// 1. Cold start: every Service's KUBE-SVC chain jumps to all its
-	// endpoints, and a sample of Services answers.
-	d = node.StartDaemon(t, framework.DaemonOptions{Binary: wrapper, Args: args})
-	t0 := time.Now()
-	sample := spread(services, 20)
-	// iptables-save of a large table costs seconds of CPU that the daemon
-	// would miss: read the rules again only after a new restore succeeded.
-	// The time reported is when the restore that completed the rules
-	// ended, unless the sample did not answer right after it.
-	rulesOK, seen, probesFailed := false, 0, false
-	var rulesAt time.Time
-	coldDone, err := poll(ctx, t0, limit, 250*time.Millisecond, d, func(ctx context.Context) (bool, error) {
-		if !rulesOK {
-			n, last := 0, time.Time{}
-			for _, r := range restores() {
-				if !r.IPv6() && r.Bytes > 0 && r.ExitCode == 0 {
-					n++
-					last = r.End
-				}
-			}
-			if n == seen {
-				return false, nil
-			}
-			out, err := save(ctx)
-			if err != nil {
-				return false, err
-			}
-			seen = n
-			jumps := EndpointJumps(out)
-			for _, s := range services {
-				if got := jumps[s.chain]; got != len(s.endpoints) {
-					return false, fmt.Errorf("%s (%s) jumps to %d endpoints, want %d", s.chain, s.svc.Name, got, len(s.endpoints))
-				}
-			}
-			rulesOK, rulesAt = true, last
-		}
-		for _, s := range sample {
-			if name, err := answeredBy(ctx, node.NS, s.addr(), time.Second); err != nil || name != nameInitial {
-				probesFailed = true
-				return false, fmt.Errorf("%s answered by %q: %w", s.svc.Name, name, err)
-			}
-		}
-		return true, nil
-	})
-	if err == nil && !probesFailed && rulesAt.After(t0) {
-		coldDone = rulesAt
-	}
+	// 1. Cold start.
+	t0, coldDone, err := pn.coldStart(t, limit)
+	d := pn.d
 	res.cold = timedValue(t0, coldDone, err, limit)
 	if err != nil {
 		note("cold start: %v", err)
@@ -253,10 +297,7 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 		s := services[(2*k+1)*len(services)/(2*cfg.changes)]
 		time.Sleep(2 * time.Second) // past any minimum sync period
 		start := time.Now()
-		if err := w.objects.swapFirstEndpoint(ctx, s, w.freshAddr(t)); err != nil {
-			t.Fatalf("%v", err)
-		}
-		changed = append(changed, s)
+		pn.swap(t, s)
 		done, err := poll(ctx, start, limit, 5*time.Millisecond, d, answersFresh(node, s))
 		if err != nil {
 			res.change = timedValue(start, done, err, limit)
@@ -282,15 +323,12 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 	res.rss, res.hwm = readMemory(d)
 
 	// 4. First packet.
-	w.firstPacket(t, node, services, spec, res, save, note)
+	w.firstPacket(t, node, services, spec, res, pn.save, note)
 
 	// 5. Restart with one change made while down.
 	d.Stop(t)
 	s := services[len(services)/3]
-	if err := w.objects.swapFirstEndpoint(ctx, s, w.freshAddr(t)); err != nil {
-		t.Fatalf("%v", err)
-	}
-	changed = append(changed, s)
+	pn.swap(t, s)
 	time.Sleep(time.Second) // the apiserver has the change before the daemon lists
 	start := time.Now()
 	d.Start(t)
