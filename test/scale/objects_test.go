@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	v1 "k8s.io/api/core/v1"
@@ -107,6 +108,14 @@ func (o *objectSet) createService(ctx context.Context, s *benchService, i int) e
 // writeSlice creates or replaces the Service's IPv4 EndpointSlice so that it
 // lists exactly eps.
 func (o *objectSet) writeSlice(ctx context.Context, s *benchService, eps []netip.Addr, create bool) error {
+	return o.writeSliceAt(ctx, s, eps, create, time.Time{})
+}
+
+// writeSliceAt is writeSlice that also sets the slice's
+// last-change-trigger-time annotation (as the EndpointSlice controller
+// does, and from which both proxies compute network programming latency)
+// unless trigger is zero.
+func (o *objectSet) writeSliceAt(ctx context.Context, s *benchService, eps []netip.Addr, create bool, trigger time.Time) error {
 	backends := make([]framework.Backend, len(eps))
 	for i, a := range eps {
 		backends[i] = framework.Backend{Addresses: []netip.Addr{a}}
@@ -114,6 +123,9 @@ func (o *objectSet) writeSlice(ctx context.Context, s *benchService, eps []netip
 	want, err := framework.NewEndpointSlice(s.svc, v1.IPv4Protocol, backends...)
 	if err != nil {
 		return err
+	}
+	if !trigger.IsZero() {
+		want.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: trigger.UTC().Format(time.RFC3339Nano)}
 	}
 	api := o.client.DiscoveryV1().EndpointSlices(benchNamespace)
 	if create {

@@ -305,7 +305,7 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 			break
 		}
 		took = append(took, done.Sub(start))
-		time.Sleep(300 * time.Millisecond) // the shim logs after the tool exits
+		waitLogged(restores, start, time.Minute)
 		b, n := Written(restores(), false, start, done)
 		bytesPer = append(bytesPer, float64(b))
 		if n != 1 {
@@ -338,7 +338,7 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 		note("restart: %v", err)
 		return res
 	}
-	time.Sleep(300 * time.Millisecond) // the shim logs after the tool exits
+	waitLogged(restores, start, time.Minute)
 	settle(restores, 3*time.Second, time.Minute)
 	b, n = Written(restores(), false, start, time.Now())
 	res.restartBytes = Bytes(b)
@@ -362,6 +362,20 @@ func answersFresh(node *framework.Node, s *benchService) func(context.Context) (
 			}
 		}
 		return false, lastErr
+	}
+}
+
+// waitLogged waits until the shim has logged an IPv4 restore that started
+// at or after since, for at most max. A probe can see new rules before the
+// restore that wrote them exits (the tool still frees its parse of the
+// payload) and so before the shim logs it.
+func waitLogged(restores func() []Restore, since time.Time, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) {
+		if _, n := Written(restores(), false, since, time.Now()); n > 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -23,6 +23,8 @@ const (
 	UnitOverhead
 	// UnitMicros is a short latency; X is in microseconds.
 	UnitMicros
+	// UnitCount is a number of events.
+	UnitCount
 )
 
 // Value is one measured figure, or the reason there is none.
@@ -66,6 +68,9 @@ func Micros(d time.Duration) Value {
 	return Value{Unit: UnitMicros, X: float64(d) / float64(time.Microsecond), Valid: true}
 }
 
+// Count returns a number of events.
+func Count(n int) Value { return Value{Unit: UnitCount, X: float64(n), Valid: true} }
+
 // Missing returns a Value that was not measured, with the reason.
 func Missing(unit Unit, reason string) Value { return Value{Unit: unit, Note: reason} }
 
@@ -90,6 +95,8 @@ func (v Value) String() string {
 		return fmt.Sprintf("%+.0f µs", v.X)
 	case UnitMicros:
 		return fmt.Sprintf("%.0f µs", v.X)
+	case UnitCount:
+		return fmt.Sprintf("%.0f", v.X)
 	}
 	return fmt.Sprintf("%g", v.X)
 }
