@@ -74,6 +74,9 @@ func TestValueAndRatio(t *testing.T) {
 		{"overheads", Overhead(20 * time.Microsecond), Overhead(180 * time.Microsecond), "+20 µs", "+180 µs", "9.0x"},
 		{"negative overhead has no ratio", Overhead(-3 * time.Microsecond), Overhead(50 * time.Microsecond), "-3 µs", "+50 µs", "—"},
 		{"missing", Missing(UnitDuration, "not run"), Duration(time.Second), "not run", "1.00 s", "—"},
+		{"counts", Count(59), Count(28), "59", "28", "0.5x"},
+		{"micros", Micros(20 * time.Microsecond), Micros(19 * time.Microsecond), "20 µs", "19 µs", "0.9x"},
+		{"long durations", Duration(250 * time.Second), Duration(90 * time.Second), "250 s", "90.00 s", "0.4x"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
