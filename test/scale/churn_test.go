@@ -117,7 +117,7 @@ func TestChurn(t *testing.T) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Endpoint churn, iptproxy vs kube-proxy, %s\n\n", started.Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&b, "- machine: %s\n- iptproxy commit: %s\n- kube-proxy: %s\n\n", machine(), gitCommit(env.Root), toolVersion(env.Root))
+	fmt.Fprintf(&b, "- machine: %s\n- iptproxy commit: %s\n- kube-proxy: %s\n\n", machine(), gitCommit(env.Root), kubeProxyVersion())
 	b.WriteString(table.Markdown())
 	if len(notes) > 0 {
 		b.WriteString("\nNotes:\n")
