@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# restore-shim.sh: stands in for iptables-restore (and ip6tables-restore, and
+# their -nft and -legacy names) at the front of a benchmarked daemon's PATH.
+# It counts the bytes of the payload on standard input, runs the real tool
+# (the target of the symlink "$0.real") with the same arguments and payload,
+# and appends one line to $IPTPROXY_BENCH_RESTORE_LOG:
+#   <start> <end> <bytes> <exit code> <name it was called by>
+# with times as $EPOCHREALTIME. Its exit status is the real tool's.
+set -o nounset
+export LC_ALL=C
+real="$(readlink "$0.real")" || { echo "restore-shim: $0.real is missing" >&2; exit 2; }
+log="${IPTPROXY_BENCH_RESTORE_LOG:?restore-shim: IPTPROXY_BENCH_RESTORE_LOG is not set}"
+payload="$(mktemp)" || exit 2
+trap 'rm -f "${payload}"' EXIT
+start="${EPOCHREALTIME}"
+cat >"${payload}"
+bytes="$(stat -c %s "${payload}")"
+rc=0
+"${real}" "$@" <"${payload}" || rc=$?
+end="${EPOCHREALTIME}"
+printf '%s %s %s %s %s\n' "${start}" "${end}" "${bytes}" "${rc}" "${0##*/}" >>"${log}"
+exit "${rc}"

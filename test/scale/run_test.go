@@ -1,0 +1,546 @@
+package scale
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iptproxy/iptproxy/test/e2e/framework"
+	"github.com/iptproxy/iptproxy/test/e2e/framework/netns"
+)
+
+// First-packet targets.
+const (
+	targetEarly  = "early"
+	targetMiddle = "middle"
+	targetLate   = "late"
+	targetNone   = "non-Service"
+)
+
+// runSpec is one proxy run: one proxy, backend and size.
+type runSpec struct {
+	proxy, binary, backend string
+	size                   Size
+	cfg                    benchConfig
+}
+
+// proxyResult holds one run's figures.
+type proxyResult struct {
+	cold, change, restart  Value
+	rss, hwm               Value
+	coldBytes, changeBytes Value
+	restartBytes           Value
+	firstPacket            map[string]Value
+	baseline               Value
+	notes                  []string
+}
+
+func newProxyResult(reason string) *proxyResult {
+	d := Missing(UnitDuration, reason)
+	b := Missing(UnitBytes, reason)
+	o := Missing(UnitOverhead, reason)
+	return &proxyResult{
+		cold: d, change: d, restart: d,
+		rss: Missing(UnitMemory, reason), hwm: Missing(UnitMemory, reason),
+		coldBytes: b, changeBytes: b, restartBytes: b,
+		firstPacket: map[string]Value{targetEarly: o, targetMiddle: o, targetLate: o, targetNone: o},
+		baseline:    Missing(UnitMicros, reason),
+	}
+}
+
+// errPhaseTimeout is returned by poll when a phase runs out of time.
+var errPhaseTimeout = errors.New("phase timed out")
+
+// poll calls check every interval (or right away again when check took
+// longer) until it returns true, the daemon exits, or limit has passed since
+// start. It returns when check succeeded.
+func poll(ctx context.Context, start time.Time, limit, interval time.Duration, d *framework.Daemon, check func(context.Context) (bool, error)) (time.Time, error) {
+	ctx, cancel := context.WithDeadline(ctx, start.Add(limit))
+	defer cancel()
+	var lastErr error
+	for {
+		ok, err := check(ctx)
+		if ok {
+			return time.Now(), nil
+		}
+		if err != nil {
+			lastErr = err
+		}
+		if !d.Running() {
+			return time.Time{}, fmt.Errorf("the daemon exited: %v (last check error: %w)", d.Process().Err(), lastErr)
+		}
+		select {
+		case <-ctx.Done():
+			if lastErr != nil {
+				return time.Time{}, fmt.Errorf("%w (last check error: %v)", errPhaseTimeout, lastErr)
+			}
+			return time.Time{}, errPhaseTimeout
+		case <-time.After(interval):
+		}
+	}
+}
+
+// timedValue turns poll's outcome into a Value.
+func timedValue(start, done time.Time, err error, limit time.Duration) Value {
+	switch {
+	case err == nil:
+		return Duration(done.Sub(start))
+	case errors.Is(err, errPhaseTimeout):
+		return TimedOut(limit)
+	default:
+		return Missing(UnitDuration, "error (see notes)")
+	}
+}
+
+// proxyNode is one proxy daemon in a fresh node namespace, with the
+// restore shims in its PATH.
+type proxyNode struct {
+	w        *world
+	spec     runSpec
+	node     *framework.Node
+	td       ToolDir
+	wrapper  string
+	args     []string
+	services []*benchService
+	note     func(format string, args ...any)
+
+	d       *framework.Daemon
+	changed []*benchService // Services whose endpoints close must reset
+}
+
+// newProxyNode prepares a node namespace for one proxy (the daemon is not
+// started yet).
+func (w *world) newProxyNode(t *testing.T, spec runSpec, note func(string, ...any)) *proxyNode {
+	t.Helper()
+	w.runs++
+	short := map[string]string{proxyIPTProxy: "ipt", proxyKubeProxy: "kp"}[spec.proxy]
+	node := w.addNode(t, fmt.Sprintf("%s-%s-%d", short, spec.backend, w.runs))
+	dir := filepath.Join(w.c.Dir(), "bench", node.Name())
+	td, err := InstallTools(filepath.Join(dir, "tools"), spec.backend, "/usr/sbin")
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	wrapper := filepath.Join(dir, spec.proxy)
+	if err := WriteDaemonWrapper(wrapper, spec.binary, td); err != nil {
+		t.Fatalf("%v", err)
+	}
+	var args []string
+	if spec.proxy == proxyIPTProxy {
+		args = append(args, "--iptables-backend="+spec.backend)
+	}
+	return &proxyNode{w: w, spec: spec, node: node, td: td, wrapper: wrapper, args: args,
+		services: w.objects.services[:spec.size.Services], note: note}
+}
+
+// close stops the daemon, puts back the endpoints the run changed, keeps the
+// restore log next to the table and empties the node's tables, so that the
+// kernel frees them. The namespace itself stays: later nodes route to it.
+func (pn *proxyNode) close(t *testing.T) {
+	t.Helper()
+	ctx := context.WithoutCancel(t.Context())
+	if pn.d != nil {
+		pn.d.Stop(t)
+	}
+	for _, s := range pn.changed {
+		if err := pn.w.objects.reset(ctx, s); err != nil {
+			t.Errorf("resetting %s: %v", s.svc.Name, err)
+		}
+	}
+	if b, err := os.ReadFile(pn.td.Log); err == nil {
+		keep := filepath.Join(pn.spec.cfg.output, fmt.Sprintf("restores-%s-%s.log", pn.w.c.RunID(), pn.node.Name()))
+		if err := os.WriteFile(keep, b, 0o644); err != nil {
+			t.Logf("keeping the restore log: %v", err)
+		}
+	}
+	// Whatever still runs there: an iptables-restore that outlived a
+	// timed-out daemon.
+	if err := netns.KillAll(ctx, pn.node.NetNS.Name()); err != nil {
+		t.Errorf("stopping processes on %s: %v", pn.node.Name(), err)
+	}
+	for _, fam := range []string{"iptables", "ip6tables"} {
+		cmd := pn.node.Command(ctx, "/usr/sbin/"+fam+"-"+pn.spec.backend+"-restore")
+		cmd.Stdin = strings.NewReader("*nat\nCOMMIT\n*filter\nCOMMIT\n")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("emptying the %s tables of %s: %v: %s", fam, pn.node.Name(), err, out)
+		}
+	}
+}
+
+// restores returns what the restore shims logged so far.
+func (pn *proxyNode) restores() []Restore {
+	b, err := os.ReadFile(pn.td.Log)
+	if err != nil && !os.IsNotExist(err) {
+		pn.note("reading the restore log: %v", err)
+		return nil
+	}
+	rs, err := ParseRestoreLog(string(b))
+	if err != nil {
+		pn.note("%v", err)
+	}
+	return rs
+}
+
+// save returns the node's IPv4 nat table.
+func (pn *proxyNode) save(ctx context.Context) (string, error) {
+	return pn.node.Run(ctx, "/usr/sbin/"+pn.td.SaveTool(), "-t", "nat")
+}
+
+// swap replaces a Service's first endpoint with a fresh one.
+func (pn *proxyNode) swap(t *testing.T, s *benchService) {
+	t.Helper()
+	if err := pn.w.objects.swapFirstEndpoint(t.Context(), s, pn.w.freshAddr(t)); err != nil {
+		t.Fatalf("%v", err)
+	}
+	pn.changed = append(pn.changed, s)
+}
+
+// coldStart starts the daemon and waits until every Service's KUBE-SVC
+// chain jumps to all its endpoints and a sample of Services answers. It
+// returns the start time and when that was reached: the end of the restore
+// that completed the rules, unless the sample did not answer right after
+// it (then when it did).
+func (pn *proxyNode) coldStart(t *testing.T, limit time.Duration) (time.Time, time.Time, error) {
+	t.Helper()
+	pn.d = pn.node.StartDaemon(t, framework.DaemonOptions{Binary: pn.wrapper, Args: pn.args})
+	t0 := time.Now()
+	sample := spread(pn.services, 20)
+	// iptables-save of a large table costs seconds of CPU that the daemon
+	// would miss: read the rules again only after a new restore succeeded.
+	rulesOK, seen, probesFailed := false, 0, false
+	var rulesAt time.Time
+	done, err := poll(t.Context(), t0, limit, 250*time.Millisecond, pn.d, func(ctx context.Context) (bool, error) {
+		if !rulesOK {
+			n, last := 0, time.Time{}
+			for _, r := range pn.restores() {
+				if !r.IPv6() && r.Bytes > 0 && r.ExitCode == 0 {
+					n++
+					last = r.End
+				}
+			}
+			if n == seen {
+				return false, nil
+			}
+			out, err := pn.save(ctx)
+			if err != nil {
+				return false, err
+			}
+			seen = n
+			jumps := EndpointJumps(out)
+			for _, s := range pn.services {
+				if got := jumps[s.chain]; got != len(s.endpoints) {
+					return false, fmt.Errorf("%s (%s) jumps to %d endpoints, want %d", s.chain, s.svc.Name, got, len(s.endpoints))
+				}
+			}
+			rulesOK, rulesAt = true, last
+		}
+		for _, s := range sample {
+			if name, err := answeredBy(ctx, pn.node.NS, s.addr(), time.Second); err != nil || name != nameInitial {
+				probesFailed = true
+				return false, fmt.Errorf("%s answered by %q: %w", s.svc.Name, name, err)
+			}
+		}
+		return true, nil
+	})
+	if err == nil && !probesFailed && rulesAt.After(t0) {
+		done = rulesAt
+	}
+	return t0, done, err
+}
+
+// run benchmarks one proxy in a fresh node namespace. The API objects are
+// back to their initial state when it returns.
+func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
+	t.Helper()
+	ctx := t.Context()
+	cfg := spec.cfg
+	limit := cfg.phaseTimeout
+	res := newProxyResult("not measured")
+	note := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		res.notes = append(res.notes, msg)
+		t.Logf("%s %s %s: %s", spec.size, spec.backend, spec.proxy, msg)
+	}
+	pn := w.newProxyNode(t, spec, note)
+	defer pn.close(t)
+	node, services, restores := pn.node, pn.services, pn.restores
+
+	// 1. Cold start.
+	t0, coldDone, err := pn.coldStart(t, limit)
+	d := pn.d
+	res.cold = timedValue(t0, coldDone, err, limit)
+	if err != nil {
+		note("cold start: %v", err)
+		for _, v := range []*Value{&res.change, &res.restart} {
+			*v = Missing(UnitDuration, "skipped (cold start)")
+		}
+		res.rss, res.hwm = readMemory(d)
+		return res
+	}
+	time.Sleep(300 * time.Millisecond) // the shim logs after the tool exits
+	settle(restores, 3*time.Second, 2*time.Minute)
+	b, n := Written(restores(), false, t0, coldDone)
+	res.coldBytes = Bytes(b)
+	note("cold start wrote %d bytes in %d restores", b, n)
+
+	// 2. Endpoint changes.
+	var took []time.Duration
+	var bytesPer []float64
+	for k := range cfg.changes {
+		s := services[(2*k+1)*len(services)/(2*cfg.changes)]
+		time.Sleep(2 * time.Second) // past any minimum sync period
+		start := time.Now()
+		pn.swap(t, s)
+		done, err := poll(ctx, start, limit, 5*time.Millisecond, d, answersFresh(node, s))
+		if err != nil {
+			res.change = timedValue(start, done, err, limit)
+			note("endpoint change %d: %v", k+1, err)
+			break
+		}
+		took = append(took, done.Sub(start))
+		waitLogged(restores, start, time.Minute)
+		b, n := Written(restores(), false, start, done)
+		bytesPer = append(bytesPer, float64(b))
+		if n != 1 {
+			note("endpoint change %d: %d restores between the update and the answer", k+1, n)
+		}
+	}
+	if len(took) == cfg.changes {
+		res.change = Duration(DurationPercentile(took, 50))
+		res.changeBytes = Bytes(int64(Median(bytesPer)))
+		note("endpoint changes took %v", took)
+	}
+
+	// 3. Memory after settling.
+	settle(restores, 3*time.Second, time.Minute)
+	res.rss, res.hwm = readMemory(d)
+
+	// 4. First packet.
+	w.firstPacket(t, node, services, spec, res, pn.save, note)
+
+	// 5. Restart with one change made while down.
+	d.Stop(t)
+	s := services[len(services)/3]
+	pn.swap(t, s)
+	time.Sleep(time.Second) // the apiserver has the change before the daemon lists
+	start := time.Now()
+	d.Start(t)
+	done, err := poll(ctx, start, limit, 5*time.Millisecond, d, answersFresh(node, s))
+	res.restart = timedValue(start, done, err, limit)
+	if err != nil {
+		note("restart: %v", err)
+		return res
+	}
+	waitLogged(restores, start, time.Minute)
+	settle(restores, 3*time.Second, time.Minute)
+	b, n = Written(restores(), false, start, time.Now())
+	res.restartBytes = Bytes(b)
+	note("restart wrote %d bytes in %d restores until settled", b, n)
+	return res
+}
+
+// answersFresh returns a check that a new connection to the Service from the
+// node reaches the fresh backend namespace. Each call tries a few
+// connections: the fresh endpoint is one of several.
+func answersFresh(node *framework.Node, s *benchService) func(context.Context) (bool, error) {
+	return func(ctx context.Context) (bool, error) {
+		var lastErr error
+		for range 8 {
+			name, err := answeredBy(ctx, node.NS, s.addr(), 500*time.Millisecond)
+			if name == nameFresh {
+				return true, nil
+			}
+			if err != nil {
+				lastErr = err
+			}
+		}
+		return false, lastErr
+	}
+}
+
+// waitLogged waits until the shim has logged an IPv4 restore that started
+// at or after since, for at most max. A probe can see new rules before the
+// restore that wrote them exits (the tool still frees its parse of the
+// payload) and so before the shim logs it.
+func waitLogged(restores func() []Restore, since time.Time, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) {
+		if _, n := Written(restores(), false, since, time.Now()); n > 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// settle waits until no restore has started for quiet, or max has passed.
+func settle(restores func() []Restore, quiet, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) {
+		rs := restores()
+		last := time.Time{}
+		for _, r := range rs {
+			if r.End.After(last) {
+				last = r.End
+			}
+		}
+		if time.Since(last) >= quiet {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// spread returns up to n Services evenly spread over the list.
+func spread(services []*benchService, n int) []*benchService {
+	if len(services) <= n {
+		return services
+	}
+	out := make([]*benchService, n)
+	for i := range n {
+		out[i] = services[i*(len(services)-1)/(n-1)]
+	}
+	return out
+}
+
+// readMemory returns the daemon's VmRSS and VmHWM.
+func readMemory(d *framework.Daemon) (rss, hwm Value) {
+	rss, hwm = Missing(UnitMemory, "n/a"), Missing(UnitMemory, "n/a")
+	p := d.Process()
+	if p == nil || p.Exited() {
+		return rss, hwm
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.PID()))
+	if err != nil {
+		return rss, hwm
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) != 2 || f[1] != "kB" {
+			continue
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "VmRSS":
+			rss = Memory(kb << 10)
+		case "VmHWM":
+			hwm = Memory(kb << 10)
+		}
+	}
+	return rss, hwm
+}
+
+// firstPacket measures connect times from the node to Services early, in
+// the middle and late in KUBE-SERVICES (or in cluster IP order when
+// KUBE-SERVICES is not a list of Services) and to a non-Service address,
+// and the same connects from the no-rules namespace to the endpoint
+// addresses directly.
+func (w *world) firstPacket(t *testing.T, node *framework.Node, services []*benchService, spec runSpec, res *proxyResult,
+	save func(context.Context) (string, error), note func(string, ...any)) {
+	t.Helper()
+	out, err := save(t.Context())
+	if err != nil {
+		note("first packet: iptables-save: %v", err)
+		return
+	}
+	byIP := map[netip.Addr]*benchService{}
+	for _, s := range services {
+		byIP[s.clusterIP] = s
+	}
+	var order []*benchService
+	for _, a := range ChainDestinations(out, "KUBE-SERVICES") {
+		if s := byIP[a]; s != nil {
+			order = append(order, s)
+		}
+	}
+	how := "position in KUBE-SERVICES"
+	if len(order) < len(services)/2 {
+		order = slices.Clone(services)
+		slices.SortFunc(order, func(a, b *benchService) int { return a.clusterIP.Compare(b.clusterIP) })
+		how = "cluster IP order (KUBE-SERVICES is not a list of Services)"
+	}
+	nonService, err := NthAddr(netipPrefix(EndpointRange), len(w.objects.services)*spec.size.Endpoints+1000)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	type target struct {
+		name           string
+		node, baseline netip.AddrPort
+	}
+	pick := []struct {
+		name string
+		s    *benchService
+	}{{targetEarly, order[0]}, {targetMiddle, order[len(order)/2]}, {targetLate, order[len(order)-1]}}
+	var targets []target
+	for _, p := range pick {
+		// The baseline is a connect to one of the Service's endpoints
+		// from a namespace without rules.
+		targets = append(targets, target{p.name, p.s.addr(), netip.AddrPortFrom(p.s.endpoints[len(p.s.endpoints)-1], targetPort)})
+	}
+	none := netip.AddrPortFrom(nonService, targetPort)
+	targets = append(targets, target{targetNone, none, none})
+	note("first packet targets by %s: early %s, middle %s, late %s, non-Service %s", how,
+		pick[0].s.svc.Name, pick[1].s.svc.Name, pick[2].s.svc.Name, nonService)
+
+	nodeTimes := make([][]time.Duration, len(targets))
+	baseTimes := make([][]time.Duration, len(targets))
+	failures := 0
+	const batch = 25
+	for done := 0; done < spec.cfg.connects; done += batch {
+		for i, tg := range targets {
+			for _, side := range []struct {
+				ns   *framework.NS
+				addr netip.AddrPort
+				out  *[]time.Duration
+			}{{node.NS, tg.node, &nodeTimes[i]}, {w.bare.NS, tg.baseline, &baseTimes[i]}} {
+				n := min(batch, spec.cfg.connects-done)
+				ts, fails, err := connectTimes(side.ns.NetNS, side.addr, n)
+				if err != nil {
+					note("first packet: %v", err)
+					return
+				}
+				failures += fails
+				*side.out = append(*side.out, ts...)
+			}
+		}
+	}
+	if failures > 0 {
+		note("first packet: %d connects failed (left out)", failures)
+	}
+	var allBase []time.Duration
+	for i, tg := range targets {
+		if len(nodeTimes[i]) == 0 || len(baseTimes[i]) == 0 {
+			continue
+		}
+		res.firstPacket[tg.name] = Overhead(DurationPercentile(nodeTimes[i], 50) - DurationPercentile(baseTimes[i], 50))
+		allBase = append(allBase, baseTimes[i]...)
+	}
+	if len(allBase) > 0 {
+		res.baseline = Micros(DurationPercentile(allBase, 50))
+	}
+}
+
+// connectTimes runs ConnectTimes inside the namespace.
+func connectTimes(ns *netns.NetNS, addr netip.AddrPort, n int) ([]time.Duration, int, error) {
+	var ts []time.Duration
+	var failed int
+	err := ns.Do(func() error {
+		var err error
+		ts, failed, err = ConnectTimes(addr, n, time.Second)
+		return err
+	})
+	return ts, failed, err
+}
