@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -309,6 +310,19 @@ func (p *Proxier) checkCanary(ctx context.Context) {
 	}
 }
 
+// bigSyncRendered and bigSyncBytes make a sync "big": one that rendered or
+// wrote enough to leave a large amount of garbage behind.
+const (
+	bigSyncRendered = 1000
+	bigSyncBytes    = 4 << 20
+)
+
+// bigSync reports whether a sync rendered or wrote enough that returning
+// its garbage to the OS at once is worth a forced GC.
+func bigSync(r SyncReport) bool {
+	return r.Rendered >= bigSyncRendered || r.BytesWritten >= bigSyncBytes
+}
+
 // Sync brings the kernel in line with the model once. It is called by Run;
 // tests call it directly.
 func (p *Proxier) Sync(ctx context.Context) (err error) {
@@ -338,6 +352,14 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 			} else {
 				m.SyncPartialProxyRulesLatency.WithLabelValues(fam).Observe(sec)
 			}
+		}
+		if bigSync(report) {
+			// A full render at scale allocates hundreds of MB that are
+			// garbage once the restore is done; the runtime would hand
+			// them back to the OS only slowly, and the node's memory
+			// accounting (and OOM ranking) sees RSS. Give them back now:
+			// one forced GC per big sync, which is rare.
+			debug.FreeOSMemory()
 		}
 		logger.Info("Synced rules", "full", full, "elapsed", report.Duration, "changedServices", report.Services,
 			"renderedServicePorts", report.Rendered, "chainsWritten", countAll(report.ChainsWritten),
