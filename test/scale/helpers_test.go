@@ -397,3 +397,34 @@ kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} 12 170000000
 		t.Errorf("unterminated labels accepted")
 	}
 }
+
+func TestBurstEnd(t *testing.T) {
+	at := func(s float64) time.Time { return time.Unix(1000, 0).Add(time.Duration(s * float64(time.Second))) }
+	r := func(start, end float64, tool string) Restore {
+		return Restore{Start: at(start), End: at(end), Bytes: 100, Tool: tool}
+	}
+	tests := []struct {
+		name string
+		rs   []Restore
+		from float64
+		want time.Time
+	}{
+		{"one restore", []Restore{r(1, 2, "iptables-restore")}, 0, at(2)},
+		{"chunks back to back, then a later change", []Restore{
+			r(1, 1.2, "iptables-restore"), r(1.3, 1.5, "iptables-restore"), r(1.6, 21, "iptables-restore"),
+			r(30, 30.4, "iptables-restore"),
+		}, 0, at(21)},
+		{"IPv6 restores do not extend the IPv4 burst", []Restore{
+			r(1, 2, "iptables-restore"), r(2.5, 9, "ip6tables-restore"),
+		}, 0, at(2)},
+		{"restores before from are left out", []Restore{r(1, 2, "iptables-restore"), r(10, 11, "iptables-restore")}, 5, at(11)},
+		{"nothing after from", []Restore{r(1, 2, "iptables-restore")}, 5, time.Time{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := BurstEnd(tt.rs, false, at(tt.from), 3*time.Second); !got.Equal(tt.want) && !(got.IsZero() && tt.want.IsZero()) {
+				t.Errorf("BurstEnd = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

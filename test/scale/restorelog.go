@@ -3,6 +3,7 @@ package scale
 import (
 	"bufio"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -96,4 +97,33 @@ func Written(rs []Restore, ipv6 bool, from, to time.Time) (bytes int64, runs int
 		runs++
 	}
 	return bytes, runs
+}
+
+// BurstEnd returns when the burst of IPv4 (or, with ipv6, IPv6) restores
+// that starts at or after from ended: restores follow each other with gaps
+// of at most gap, and the first gap longer than that ends the burst. It is
+// the zero time when no restore started after from.
+//
+// A daemon that splits a large sync into several transactions writes new
+// chains before the rules that jump to them, so checks of the rules can see
+// every Service chain complete before the last transaction makes them
+// reachable: the end of the burst is when the sync really finished.
+func BurstEnd(rs []Restore, ipv6 bool, from time.Time, gap time.Duration) time.Time {
+	var in []Restore
+	for _, r := range rs {
+		if r.IPv6() == ipv6 && r.Bytes > 0 && !r.Start.Before(from) {
+			in = append(in, r)
+		}
+	}
+	slices.SortFunc(in, func(a, b Restore) int { return a.Start.Compare(b.Start) })
+	var end time.Time
+	for _, r := range in {
+		if !end.IsZero() && r.Start.Sub(end) > gap {
+			break
+		}
+		if r.End.After(end) {
+			end = r.End
+		}
+	}
+	return end
 }
