@@ -3,14 +3,16 @@ package app
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/iptproxy/iptproxy/pkg/metrics"
 	"github.com/iptproxy/iptproxy/pkg/options"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
 )
 
-// mountDebug adds /debug/last-sync, /debug/rules and (when services is
-// not nil) /debug/services/NAMESPACE/NAME to the metrics server.
+// mountDebug adds /debug/last-sync, /debug/rules, (when services is not
+// nil) /debug/services/NAMESPACE/NAME and, with enableProfiling,
+// /debug/pprof/ (as kube-proxy's --profiling) to the metrics server.
 // They are served only when the metrics server listens on loopback (the
 // default), the way kube-proxy keeps /configz and profiling off the
 // network unless asked.
@@ -39,6 +41,13 @@ func mountDebug(s *metrics.Server, o *options.Options, proxiers []*proxier.Proxi
 	handlers := map[string]http.Handler{"/debug/last-sync": lastSync, "/debug/rules": rulesHandler}
 	if services != nil {
 		handlers["/debug/services/{namespace}/{name}"] = services
+	}
+	if o.Config.EnableProfiling {
+		handlers["/debug/pprof/"] = http.HandlerFunc(pprof.Index)
+		handlers["/debug/pprof/cmdline"] = http.HandlerFunc(pprof.Cmdline)
+		handlers["/debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)
+		handlers["/debug/pprof/symbol"] = http.HandlerFunc(pprof.Symbol)
+		handlers["/debug/pprof/trace"] = http.HandlerFunc(pprof.Trace)
 	}
 	for path, h := range handlers {
 		if err := s.Handle(path, localOnly(h)); err != nil {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -104,6 +105,42 @@ func TestDebugServices(t *testing.T) {
 			}
 			if lo := r.Ports[0].LeftOut[0]; lo.Address != "10.244.2.2:8080" || lo.Reason != "not ready" {
 				t.Errorf("left out %+v", lo)
+			}
+		})
+	}
+}
+
+// TestProfiling checks that /debug/pprof is served only with
+// enableProfiling (kube-proxy's --profiling), and only to loopback clients
+// like the other debug endpoints.
+func TestProfiling(t *testing.T) {
+	tests := []struct {
+		name      string
+		profiling bool
+		remote    string
+		code      int
+	}{
+		{"off by default", false, "127.0.0.1:4000", http.StatusNotFound},
+		{"on, from loopback", true, "127.0.0.1:4000", http.StatusOK},
+		{"on, from elsewhere", true, "192.0.2.7:4000", http.StatusForbidden},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := options.NewOptions()
+			o.Config.EnableProfiling = tc.profiling
+			s := metrics.NewServer("127.0.0.1:0", metrics.New())
+			if err := mountDebug(s, o, nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			req := httptest.NewRequest(http.MethodGet, "/debug/pprof/heap?debug=1", nil)
+			req.RemoteAddr = tc.remote
+			rec := httptest.NewRecorder()
+			s.Handler().ServeHTTP(rec, req)
+			if rec.Code != tc.code {
+				t.Fatalf("/debug/pprof/heap: %d, want %d: %.200s", rec.Code, tc.code, rec.Body)
+			}
+			if tc.code == http.StatusOK && !strings.Contains(rec.Body.String(), "heap profile") {
+				t.Fatalf("not a heap profile: %.200s", rec.Body)
 			}
 		})
 	}
