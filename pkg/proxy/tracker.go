@@ -188,19 +188,7 @@ func (t *Tracker) Checkout() (*State, Change) {
 			continue
 		}
 		remember(nn)
-		for _, spn := range s.servicePortNames[nn] {
-			delete(s.ServicePorts, spn)
-		}
-		delete(s.servicePortNames, nn)
-		if len(ports) == 0 {
-			continue
-		}
-		names := make([]ServicePortName, 0, len(ports))
-		for spn, sp := range ports {
-			s.ServicePorts[spn] = sp
-			names = append(names, spn)
-		}
-		s.servicePortNames[nn] = names
+		replaceService(s.ServicePorts, s.servicePortNames, nn, ports)
 	}
 
 	touched := map[types.NamespacedName]bool{}
@@ -234,19 +222,7 @@ func (t *Tracker) Checkout() (*State, Change) {
 			continue
 		}
 		remember(nn)
-		for _, spn := range s.endpointPorts[nn] {
-			delete(s.Endpoints, spn)
-		}
-		delete(s.endpointPorts, nn)
-		if len(merged) == 0 {
-			continue
-		}
-		names := make([]ServicePortName, 0, len(merged))
-		for spn, eps := range merged {
-			s.Endpoints[spn] = eps
-			names = append(names, spn)
-		}
-		s.endpointPorts[nn] = names
+		replaceService(s.Endpoints, s.endpointPorts, nn, merged)
 	}
 	return s, ch
 }
@@ -297,4 +273,23 @@ func (s *State) EndpointCount() int {
 		n += len(s.Endpoints[spn])
 	}
 	return n
+}
+
+// replaceService replaces Service nn's entries in byPort (ServicePorts or
+// Endpoints) with values, keeping index (nn -> its port names) in step.
+func replaceService[V any](byPort map[ServicePortName]V, index map[types.NamespacedName][]ServicePortName,
+	nn types.NamespacedName, values map[ServicePortName]V) {
+	for _, spn := range index[nn] {
+		delete(byPort, spn)
+	}
+	delete(index, nn)
+	if len(values) == 0 {
+		return
+	}
+	names := make([]ServicePortName, 0, len(values))
+	for spn, v := range values {
+		byPort[spn] = v
+		names = append(names, spn)
+	}
+	index[nn] = names
 }
