@@ -12,7 +12,8 @@
 # BENCH_PROXIES (iptproxy,kube-proxy), BENCH_PHASE_TIMEOUT (15m),
 # BENCH_CONNECTS (2000), BENCH_CHANGES (5), BENCH_OUTPUT (_output/bench);
 # for churn BENCH_CHURN_SIZE (10000x10), BENCH_CHURN_RATE (100 per second)
-# and BENCH_CHURN_DURATION (10m).
+# and BENCH_CHURN_DURATION (10m). BENCH_PROFILE=1 saves each daemon's heap
+# profile (enableProfiling) next to the table.
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export IPTPROXY_TOOLS_DIR="${IPTPROXY_TOOLS_DIR:-${PWD}/_output/bin}"

@@ -39,6 +39,10 @@ const (
 	envChanges = "BENCH_CHANGES"
 	// envOutput is the directory the table is written to.
 	envOutput = "BENCH_OUTPUT"
+	// envProfile, when "1", turns on enableProfiling in both proxies and
+	// saves each one's heap profile, taken after the memory reading, to
+	// the output directory as heap-<size>-<backend>-<proxy>.pb.gz.
+	envProfile = "BENCH_PROFILE"
 )
 
 // The proxies TestBench compares.
@@ -56,6 +60,7 @@ type benchConfig struct {
 	connects     int
 	changes      int
 	output       string
+	profile      bool
 }
 
 func loadConfig(t *testing.T, root string) benchConfig {
@@ -88,6 +93,7 @@ func loadConfig(t *testing.T, root string) benchConfig {
 	if cfg.changes, err = strconv.Atoi(get(envChanges, "5")); err != nil || cfg.changes < 1 {
 		t.Fatalf("%s: want a number >= 1", envChanges)
 	}
+	cfg.profile = get(envProfile, "0") == "1"
 	return cfg
 }
 

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	kpv1alpha1 "k8s.io/kube-proxy/config/v1alpha1"
+
 	"github.com/iptproxy/iptproxy/test/e2e/framework"
 	"github.com/iptproxy/iptproxy/test/e2e/framework/netns"
 )
@@ -174,6 +176,25 @@ func (pn *proxyNode) close(t *testing.T) {
 	}
 }
 
+// saveHeapProfile fetches the daemon's /debug/pprof/heap into the output
+// directory.
+func (pn *proxyNode) saveHeapProfile(ctx context.Context) {
+	code, body, err := pn.d.Get(ctx, 10249, "/debug/pprof/heap")
+	if err == nil && code != 200 {
+		err = fmt.Errorf("HTTP %d", code)
+	}
+	if err != nil {
+		pn.note("heap profile: %v", err)
+		return
+	}
+	name := filepath.Join(pn.spec.cfg.output, fmt.Sprintf("heap-%s-%s-%s.pb.gz", pn.spec.size, pn.spec.backend, pn.spec.proxy))
+	if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
+		pn.note("heap profile: %v", err)
+		return
+	}
+	pn.note("heap profile saved to %s", name)
+}
+
 // restores returns what the restore shims logged so far.
 func (pn *proxyNode) restores() []Restore {
 	b, err := os.ReadFile(pn.td.Log)
@@ -209,7 +230,11 @@ func (pn *proxyNode) swap(t *testing.T, s *benchService) {
 // it (then when it did).
 func (pn *proxyNode) coldStart(t *testing.T, limit time.Duration) (time.Time, time.Time, error) {
 	t.Helper()
-	pn.d = pn.node.StartDaemon(t, framework.DaemonOptions{Binary: pn.wrapper, Args: pn.args})
+	opts := framework.DaemonOptions{Binary: pn.wrapper, Args: pn.args}
+	if pn.spec.cfg.profile {
+		opts.Configure = func(c *kpv1alpha1.KubeProxyConfiguration) { c.EnableProfiling = true }
+	}
+	pn.d = pn.node.StartDaemon(t, opts)
 	t0 := time.Now()
 	sample := spread(pn.services, 20)
 	// iptables-save of a large table costs seconds of CPU that the daemon
@@ -331,6 +356,9 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 	// 3. Memory after settling.
 	settle(restores, 3*time.Second, time.Minute)
 	res.rss, res.hwm = readMemory(d)
+	if cfg.profile {
+		pn.saveHeapProfile(ctx)
+	}
 
 	// 4. First packet.
 	w.firstPacket(t, node, services, spec, res, pn.save, note)
