@@ -10,6 +10,7 @@ package planner
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"hash/fnv"
 	"slices"
 	"strings"
@@ -22,20 +23,26 @@ import (
 // (never the rules themselves, to keep memory small at scale).
 type Applied struct {
 	tables map[iptables.Table]map[string]appliedChain
+	// basis is, per table, the generation of the ruleset whose plan was
+	// last committed, while the record holds nothing else that it would
+	// not (0: unknown, after an adoption or a Forget). A ruleset with a
+	// Delta since that generation is planned from its delta alone.
+	basis map[iptables.Table]uint64
 }
 
-// appliedChain is the record of one chain.
-type appliedChain struct {
-	hash uint64
-	// src is the desired chain the hash was taken from, if any: the
-	// renderer hands out the same *rules.Chain, never modified, while a
-	// Service is unchanged, so a pointer match skips hashing its rules.
-	src *rules.Chain
-}
+// appliedChain is the record of one chain: its content hash.
+type appliedChain = uint64
 
 // NewApplied returns an empty record (nothing known to exist).
 func NewApplied() *Applied {
-	return &Applied{tables: map[iptables.Table]map[string]appliedChain{}}
+	return &Applied{tables: map[iptables.Table]map[string]appliedChain{}, basis: map[iptables.Table]uint64{}}
+}
+
+// Follows reports whether the record is what committing the plan of render
+// generation left, in both tables, so that a ruleset rendered as a change
+// from it (rules.Delta) can be planned.
+func (a *Applied) Follows(generation uint64) bool {
+	return generation != 0 && a.basis[iptables.TableFilter] == generation && a.basis[iptables.TableNAT] == generation
 }
 
 // Chains returns how many chains the record holds for table.
@@ -49,7 +56,10 @@ func (a *Applied) Has(table iptables.Table, chain string) bool {
 
 // Forget drops everything known about table, so that the next plan writes
 // all of its chains.
-func (a *Applied) Forget(table iptables.Table) { delete(a.tables, table) }
+func (a *Applied) Forget(table iptables.Table) {
+	delete(a.tables, table)
+	delete(a.basis, table)
+}
 
 // hashRules hashes a chain's rule bodies.
 func hashRules(rules []string) uint64 {
@@ -67,9 +77,10 @@ func (a *Applied) Adopt(table iptables.Table, save []byte) {
 	chains := ParseSave(save)
 	m := make(map[string]appliedChain, len(chains))
 	for name, body := range chains {
-		m[name] = appliedChain{hash: hashRules(body)}
+		m[name] = hashRules(body)
 	}
 	a.tables[table] = m
+	delete(a.basis, table)
 }
 
 // ParseSave groups an iptables-save dump of one table into the rule bodies
@@ -135,12 +146,18 @@ type Plan struct {
 	// Written, Deleted list the chains rewritten and deleted, per table.
 	Written map[iptables.Table][]string
 	Deleted map[iptables.Table][]string
-	// Rules is the number of rule lines in the payload.
-	Rules int
+	// Rules is the number of rule lines in the payload; TableRules the
+	// same per table.
+	Rules      int
+	TableRules map[iptables.Table]int
 
 	// commit is what Commit records: the chains written or found equal
 	// to what is recorded (with their new source), and the deletions.
 	commit map[iptables.Table]*tableCommit
+	// generation is the planned ruleset's; Incremental is true when only
+	// its delta was looked at.
+	generation  uint64
+	Incremental bool
 }
 
 // tableCommit is the change to one table's record.
@@ -172,9 +189,20 @@ type tablePlan struct {
 // means one transaction, however large.
 func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string) bool, maxLines int) *Plan {
 	p := &Plan{
-		Written: map[iptables.Table][]string{},
-		Deleted: map[iptables.Table][]string{},
-		commit:  map[iptables.Table]*tableCommit{},
+		Written:    map[iptables.Table][]string{},
+		Deleted:    map[iptables.Table][]string{},
+		TableRules: map[iptables.Table]int{},
+		commit:     map[iptables.Table]*tableCommit{},
+	}
+	p.generation = desired.Generation
+	d := desired.Delta
+	p.Incremental = d != nil
+	if d != nil && !applied.Follows(d.Since) {
+		// A delta holds only what changed since a render whose plan
+		// was not the last committed: planning it as a whole ruleset
+		// would delete every chain it leaves out.
+		panic(fmt.Sprintf("planner: a ruleset rendered as a change from render %d, but the record follows render %d/%d",
+			d.Since, applied.basis[iptables.TableFilter], applied.basis[iptables.TableNAT]))
 	}
 	var tables []*tablePlan
 	total := 0
@@ -182,53 +210,26 @@ func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string)
 		name   iptables.Table
 		chains []*rules.Chain
 	}{{iptables.TableFilter, desired.Filter}, {iptables.TableNAT, desired.NAT}} {
-		have := applied.tables[t.name]
 		tc := &tableCommit{set: map[string]appliedChain{}}
 		p.commit[t.name] = tc
-		tp := &tablePlan{name: t.name}
-		matchedOwned := 0
-		for _, c := range t.chains {
-			old, ok := have[c.Name]
-			if ok && owned(c.Name) {
-				matchedOwned++
+		var tp *tablePlan
+		if p.Incremental {
+			gone := d.GoneFilter
+			if t.name == iptables.TableNAT {
+				gone = d.GoneNAT
 			}
-			if ok && old.src == c {
-				continue
-			}
-			h := hashRules(c.Rules)
-			tc.set[c.Name] = appliedChain{hash: h, src: c}
-			if ok && old.hash == h {
-				continue
-			}
-			tp.written = append(tp.written, c)
-			p.Written[t.name] = append(p.Written[t.name], c.Name)
-			tp.lines += 1 + len(c.Rules)
-			p.Rules += len(c.Rules)
+			tp = planDelta(t.name, t.chains, gone, applied.tables[t.name], tc, owned)
+		} else {
+			tp = planTable(t.name, t.chains, applied.tables[t.name], tc, owned)
 		}
-		// Owned chains recorded but not desired are deleted. Usually every
-		// owned chain recorded is desired: count before building a set.
-		haveOwned := 0
-		for name := range have {
-			if owned(name) {
-				haveOwned++
-			}
-		}
-		if haveOwned > matchedOwned {
-			want := make(map[string]bool, len(t.chains))
-			for _, c := range t.chains {
-				want[c.Name] = true
-			}
-			for name := range have {
-				if !want[name] && owned(name) {
-					tp.deleted = append(tp.deleted, name)
-				}
-			}
-		}
-		slices.Sort(tp.deleted)
 		tc.deleted = tp.deleted
-		tp.lines += 2 * len(tp.deleted)
 		if len(tp.written) == 0 && len(tp.deleted) == 0 {
 			continue
+		}
+		for _, c := range tp.written {
+			p.Written[t.name] = append(p.Written[t.name], c.Name)
+			p.Rules += len(c.Rules)
+			p.TableRules[t.name] += len(c.Rules)
 		}
 		p.Deleted[t.name] = tp.deleted
 		tables = append(tables, tp)
@@ -250,6 +251,74 @@ func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string)
 		p.Payload = append(p.Payload, tx...)
 	}
 	return p
+}
+
+// planTable compares every desired chain of a table with the record.
+func planTable(name iptables.Table, chains []*rules.Chain, have map[string]appliedChain, tc *tableCommit, owned func(string) bool) *tablePlan {
+	tp := &tablePlan{name: name}
+	matchedOwned := 0
+	for _, c := range chains {
+		old, ok := have[c.Name]
+		if ok && owned(c.Name) {
+			matchedOwned++
+		}
+		h := hashRules(c.Rules)
+		tc.set[c.Name] = h
+		if ok && old == h {
+			continue
+		}
+		tp.written = append(tp.written, c)
+		tp.lines += 1 + len(c.Rules)
+	}
+	// Owned chains recorded but not desired are deleted. Usually every
+	// owned chain recorded is desired: count before building a set.
+	haveOwned := 0
+	for n := range have {
+		if owned(n) {
+			haveOwned++
+		}
+	}
+	if haveOwned > matchedOwned {
+		want := make(map[string]bool, len(chains))
+		for _, c := range chains {
+			want[c.Name] = true
+		}
+		for n := range have {
+			if !want[n] && owned(n) {
+				tp.deleted = append(tp.deleted, n)
+			}
+		}
+	}
+	slices.Sort(tp.deleted)
+	tp.lines += 2 * len(tp.deleted)
+	return tp
+}
+
+// planDelta plans a table from a ruleset's delta against the ruleset last
+// committed: only the fresh chains can differ from the record, and only
+// the gone ones can need deleting.
+func planDelta(name iptables.Table, fresh []*rules.Chain, gone []string, have map[string]appliedChain, tc *tableCommit, owned func(string) bool) *tablePlan {
+	tp := &tablePlan{name: name}
+	for _, c := range fresh {
+		h := hashRules(c.Rules)
+		old, ok := have[c.Name]
+		tc.set[c.Name] = h
+		if ok && old == h {
+			continue
+		}
+		tp.written = append(tp.written, c)
+		tp.lines += 1 + len(c.Rules)
+	}
+	for _, n := range gone {
+		if _, ok := have[n]; ok && owned(n) {
+			if _, again := tc.set[n]; !again && !slices.Contains(tp.deleted, n) {
+				tp.deleted = append(tp.deleted, n)
+			}
+		}
+	}
+	slices.Sort(tp.deleted)
+	tp.lines += 2 * len(tp.deleted)
+	return tp
 }
 
 // writeTable writes one table's section of a restore payload: the
@@ -385,6 +454,7 @@ func (a *Applied) Commit(p *Plan, owned func(string) bool) {
 				delete(have, name)
 			}
 		}
+		a.basis[table] = p.generation
 	}
 }
 

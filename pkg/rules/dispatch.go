@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"bytes"
 	"encoding/hex"
 	"net/netip"
 	"slices"
@@ -53,7 +54,10 @@ type dispatchEntry struct {
 	key []byte
 	// body is the rule, as kube-proxy writes it in the flat chain.
 	body string
-	// seq is the entry's position in kube-proxy's flat order.
+	// svc and seq give the entry's position in kube-proxy's flat order:
+	// the sort key of its Service port, then its index among that port's
+	// entries.
+	svc string
 	seq int
 	// kind is what key holds.
 	kind keyKind
@@ -103,6 +107,30 @@ type dispatchTree struct {
 	family, table, root string
 	kind                keyKind
 	chains              []*Chain
+	// dirty holds the keys of entries added or removed since the build
+	// the old nodes come from: a subtree with none of them under its
+	// prefix is reused as it was.
+	dirty [][]byte
+}
+
+// dispatchNode is what one build produced under a group's key prefix: the
+// parent's jump to it, its chains (its own first), and its children by
+// their group prefixes. The next build reuses a node whose entries did
+// not change, with its chains (the same *Chain values) and children.
+type dispatchNode struct {
+	jump     string
+	chains   []*Chain
+	children map[string]*dispatchNode
+}
+
+// dirtyUnder reports whether some changed key starts with prefix.
+func (t *dispatchTree) dirtyUnder(prefix []byte) bool {
+	for _, d := range t.dirty {
+		if len(d) >= len(prefix) && bytes.Equal(d[:len(prefix)], prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // chainName names the dispatch chain for a key prefix: it depends only on
@@ -165,10 +193,13 @@ func commonPrefix(a, b []byte) int {
 
 // split returns the jumps for entries (sorted by key, more than LeafMax of
 // them, not all with the same key), splitting them on the first digit where
-// they differ, and adds the chains below to t.chains.
-func (t *dispatchTree) split(entries []dispatchEntry) []string {
+// they differ, and adds the chains below to t.chains. old holds the
+// previous build's nodes at this level (nil: nothing to reuse); the nodes
+// of this build are returned.
+func (t *dispatchTree) split(entries []dispatchEntry, old map[string]*dispatchNode) ([]string, map[string]*dispatchNode) {
 	lcp := commonPrefix(entries[0].key, entries[len(entries)-1].key)
 	var out []string
+	nodes := map[string]*dispatchNode{}
 	for i := 0; i < len(entries); {
 		j := i + 1
 		for j < len(entries) && entries[j].key[lcp] == entries[i].key[lcp] {
@@ -176,30 +207,68 @@ func (t *dispatchTree) split(entries []dispatchEntry) []string {
 		}
 		group := entries[i:j]
 		i = j
+		groupPrefix := group[0].key[:lcp+1]
+		id := string(groupPrefix)
+		prev := old[id]
+		if prev != nil && !t.dirtyUnder(groupPrefix) {
+			// The same entries as last time: the same chains.
+			nodes[id] = prev
+			out = append(out, prev.jump)
+			t.chains = append(t.chains, prev.chains...)
+			continue
+		}
+		first := len(t.chains)
+		n := &dispatchNode{}
 		inner := commonPrefix(group[0].key, group[len(group)-1].key)
 		if len(group) > LeafMax && inner < len(group[0].key) {
 			// An internal chain, named by (and matching) the whole prefix
 			// its entries share, so single-child paths collapse.
 			prefix := group[0].key[:inner]
-			name := t.chainName(prefix)
-			c := &Chain{Name: name}
+			c := &Chain{Name: t.chainName(prefix)}
 			t.chains = append(t.chains, c)
-			c.Rules = t.split(group)
-			out = append(out, t.jumpTo(prefix, name))
-			continue
+			var prevChildren map[string]*dispatchNode
+			if prev != nil {
+				prevChildren = prev.children
+			}
+			c.Rules, n.children = t.split(group, prevChildren)
+			n.jump = t.jumpTo(prefix, c.Name)
+		} else {
+			name := t.chainName(groupPrefix)
+			n.jump = t.jumpTo(groupPrefix, name)
+			t.chains = append(t.chains, &Chain{Name: name, Rules: leafRules(group)})
 		}
-		prefix := group[0].key[:lcp+1]
-		name := t.chainName(prefix)
-		out = append(out, t.jumpTo(prefix, name))
-		t.chains = append(t.chains, &Chain{Name: name, Rules: leafRules(group)})
+		n.chains = slices.Clip(t.chains[first:len(t.chains):len(t.chains)])
+		nodes[id] = n
+		out = append(out, n.jump)
 	}
-	return out
+	return out, nodes
+}
+
+// compareFlat orders entries as kube-proxy's flat chain lists them: by
+// Service port (sort key), then in the order the Service port added them.
+func compareFlat(a, b *dispatchEntry) int {
+	if c := strings.Compare(a.svc, b.svc); c != 0 {
+		return c
+	}
+	return a.seq - b.seq
+}
+
+// compareSorted orders entries as a dispatch tree keeps them: by kind, key,
+// then flat order.
+func compareSorted(a, b *dispatchEntry) int {
+	if a.kind != b.kind {
+		return int(a.kind) - int(b.kind)
+	}
+	if c := bytes.Compare(a.key, b.key); c != 0 {
+		return c
+	}
+	return compareFlat(a, b)
 }
 
 // leafRules returns the entries' rules in kube-proxy's order.
 func leafRules(entries []dispatchEntry) []string {
 	sorted := slices.Clone(entries)
-	slices.SortFunc(sorted, func(a, b dispatchEntry) int { return a.seq - b.seq })
+	slices.SortFunc(sorted, func(a, b dispatchEntry) int { return compareFlat(&a, &b) })
 	out := make([]string, len(sorted))
 	for i, e := range sorted {
 		out[i] = e.body
@@ -208,39 +277,121 @@ func leafRules(entries []dispatchEntry) []string {
 }
 
 // buildDispatch returns the rules of the shared chain root (of table, for
-// family) and the dispatch chains below it. With at most LeafMax entries in
-// all, the root holds them flat in kube-proxy's order; otherwise the
-// address-keyed entries become one tree and the port-keyed ones another,
-// with the jumps to the address tree first in the root.
+// family) and the dispatch chains below it, built from scratch. With at
+// most LeafMax entries in all, the root holds them flat in kube-proxy's
+// order; otherwise the address-keyed entries become one tree and the
+// port-keyed ones another, with the jumps to the address tree first in the
+// root.
 func buildDispatch(family, table, root string, entries []dispatchEntry) ([]string, []*Chain) {
-	if len(entries) <= LeafMax {
-		return leafRules(entries), nil
+	d := &dispatchState{family: family, table: table, root: root}
+	for _, e := range entries {
+		d.insert(e)
 	}
-	var out []string
-	var chains []*Chain
-	for _, kind := range []keyKind{keyAddr, keyPort} {
-		var sorted []dispatchEntry
-		for _, e := range entries {
-			if e.kind == kind {
-				sorted = append(sorted, e)
+	top, chains, _, _ := d.build(false)
+	return top, chains
+}
+
+// dispatchState is one shared chain's dispatch tree kept between renders:
+// its entries sorted by kind, key and flat order, and the last build's
+// nodes, so that a render after a few Services changed rebuilds only the
+// chains on the paths to their keys.
+type dispatchState struct {
+	family, table, root string
+	// entries are sorted by compareSorted.
+	entries []dispatchEntry
+	// dirty holds the keys added or removed since the last build, per
+	// kind; dirtyAll forces a build from scratch.
+	dirty    [2][][]byte
+	dirtyAll bool
+	// nodes are the last build's top-level nodes, per kind.
+	nodes [2]map[string]*dispatchNode
+	// top and chains are the last build's result.
+	top    []string
+	chains []*Chain
+	built  bool
+}
+
+// insert adds an entry.
+func (d *dispatchState) insert(e dispatchEntry) {
+	i, _ := slices.BinarySearchFunc(d.entries, &e, func(x dispatchEntry, y *dispatchEntry) int { return compareSorted(&x, y) })
+	d.entries = slices.Insert(d.entries, i, e)
+	d.dirty[e.kind] = append(d.dirty[e.kind], e.key)
+}
+
+// remove deletes an entry added before (matched by kind, key and flat
+// order).
+func (d *dispatchState) remove(e dispatchEntry) {
+	i, found := slices.BinarySearchFunc(d.entries, &e, func(x dispatchEntry, y *dispatchEntry) int { return compareSorted(&x, y) })
+	if !found {
+		d.dirtyAll = true // cannot happen; rebuild rather than guess
+		return
+	}
+	d.entries = slices.Delete(d.entries, i, i+1)
+	d.dirty[e.kind] = append(d.dirty[e.kind], e.key)
+}
+
+// changed reports whether a build would differ from the last one.
+func (d *dispatchState) changed() bool {
+	return !d.built || d.dirtyAll || len(d.dirty[keyAddr]) > 0 || len(d.dirty[keyPort]) > 0
+}
+
+// build returns the root's rules and every dispatch chain, and, against
+// the previous build, the chains that are new objects (fresh) and the
+// names of the chains that are gone (both only when delta is set).
+// Subtrees with no changed key are reused.
+func (d *dispatchState) build(delta bool) (top []string, chains, fresh []*Chain, gone []string) {
+	if !d.changed() {
+		return d.top, d.chains, nil, nil
+	}
+	old := d.chains
+	if d.dirtyAll || !d.built {
+		d.nodes = [2]map[string]*dispatchNode{}
+	}
+	d.top, d.chains = nil, nil
+	if len(d.entries) <= LeafMax {
+		d.top = leafRules(d.entries)
+		d.nodes = [2]map[string]*dispatchNode{}
+	} else {
+		for _, kind := range []keyKind{keyAddr, keyPort} {
+			lo, _ := slices.BinarySearchFunc(d.entries, kind, func(x dispatchEntry, k keyKind) int { return int(x.kind) - int(k) })
+			hi, _ := slices.BinarySearchFunc(d.entries, kind+1, func(x dispatchEntry, k keyKind) int { return int(x.kind) - int(k) })
+			sorted := d.entries[lo:hi]
+			if len(sorted) == 0 {
+				d.nodes[kind] = nil
+				continue
+			}
+			if len(sorted) <= LeafMax || bytes.Equal(sorted[0].key, sorted[len(sorted)-1].key) {
+				d.top = append(d.top, leafRules(sorted)...)
+				d.nodes[kind] = nil
+				continue
+			}
+			t := &dispatchTree{family: d.family, table: d.table, root: d.root, kind: kind, dirty: d.dirty[kind]}
+			var rules []string
+			rules, d.nodes[kind] = t.split(sorted, d.nodes[kind])
+			d.top = append(d.top, rules...)
+			d.chains = append(d.chains, t.chains...)
+		}
+	}
+	d.dirty = [2][][]byte{}
+	d.dirtyAll = false
+	d.built = true
+	if delta {
+		oldPtr := make(map[*Chain]bool, len(old))
+		for _, c := range old {
+			oldPtr[c] = true
+		}
+		now := make(map[string]bool, len(d.chains))
+		for _, c := range d.chains {
+			now[c.Name] = true
+			if !oldPtr[c] {
+				fresh = append(fresh, c)
 			}
 		}
-		if len(sorted) == 0 {
-			continue
-		}
-		slices.SortFunc(sorted, func(a, b dispatchEntry) int {
-			if c := slices.Compare(a.key, b.key); c != 0 {
-				return c
+		for _, c := range old {
+			if !now[c.Name] {
+				gone = append(gone, c.Name)
 			}
-			return a.seq - b.seq
-		})
-		if len(sorted) <= LeafMax || slices.Equal(sorted[0].key, sorted[len(sorted)-1].key) {
-			out = append(out, leafRules(sorted)...)
-			continue
 		}
-		t := &dispatchTree{family: family, table: table, root: root, kind: kind}
-		out = append(out, t.split(sorted)...)
-		chains = append(chains, t.chains...)
 	}
-	return out, chains
+	return d.top, d.chains, fresh, gone
 }

@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -78,11 +79,29 @@ type Chain struct {
 }
 
 // Ruleset is the desired content of the nat and filter tables for one IP
-// family: every chain iptproxy owns, in a stable order.
+// family: every chain iptproxy owns, in a stable order. A ruleset with a
+// Delta holds only the chains that changed (see Delta).
 type Ruleset struct {
 	Filter []*Chain
 	NAT    []*Chain
 	Stats  Stats
+	// Generation numbers the renders of one Renderer, from 1.
+	Generation uint64
+	// Delta, when set, marks a ruleset rendered as a change from the
+	// render numbered Delta.Since.
+	Delta *Delta
+}
+
+// Delta describes a ruleset rendered as a change from an earlier render of
+// the same Renderer. Filter and NAT then hold only the chains that may
+// differ from that render's (re-rendered Service ports, rebuilt dispatch
+// chains, the top-level chains); every other chain of that render is still
+// wanted, unchanged, except the chains named Gone, which are wanted no
+// more. Applying it needs what that render left in the kernel: see
+// planner.Applied.
+type Delta struct {
+	Since               uint64
+	GoneFilter, GoneNAT []string
 }
 
 // Stats summarizes a render, for metrics and logs.
@@ -93,33 +112,70 @@ type Stats struct {
 	// policy and no local endpoint.
 	NoLocalEndpointsInternal, NoLocalEndpointsExternal int
 	// Rendered is the number of Service ports whose rules were rendered
-	// afresh (the rest came from the cache).
+	// afresh.
 	Rendered int
 	// LargeClusterMode is true when per-endpoint comments were left out.
 	LargeClusterMode bool
+	// FilterRules and NATRules count the rules of the whole desired
+	// tables (also of a ruleset with a Delta).
+	FilterRules, NATRules int
 }
+
+// Shared chains built as dispatch trees, indexing serviceRules.entries and
+// Renderer.trees.
+const (
+	treeNATServices = iota
+	treeNATNodePorts
+	treeFilterServices
+	treeFilterExternal
+	treeFilterFirewall
+	treeFilterNodePorts
+	numTrees
+)
 
 // serviceRules are the rules one Service port contributes.
 type serviceRules struct {
 	natChains []*Chain
-	// Entries for the shared chains, keyed for the dispatch tree.
-	natServices, natNodePorts                                 []dispatchEntry
-	filterServices, filterExternal, filterFW, filterNodePorts []dispatchEntry
-	noLocalInternal, noLocalExternal                          bool
+	// entries are the port's rules in the shared chains, per tree.
+	entries                          [numTrees][]dispatchEntry
+	noLocalInternal, noLocalExternal bool
 }
 
-// Renderer turns the model into rules. It caches each Service port's rules
-// so a sync re-renders only the Services that changed. It is not safe for
+// cachedPort is what the renderer keeps of one Service port between
+// renders: not its chains' rules (the kernel has them, and the planner
+// their hashes) but their names, so that a later render knows which are
+// gone, its entries in the dispatch trees, and its counts.
+type cachedPort struct {
+	spn proxy.ServicePortName
+	// sortKey orders Service ports as kube-proxy lists them.
+	sortKey                          string
+	chains                           []string
+	rules                            int
+	entries                          [numTrees][]dispatchEntry
+	endpoints                        int
+	noLocalInternal, noLocalExternal bool
+}
+
+// Renderer turns the model into rules. It keeps each Service port's chain
+// names and the dispatch trees between renders, so that a render after a
+// few Services changed costs in proportion to them. It is not safe for
 // concurrent use.
 type Renderer struct {
 	cfg   Config
-	cache map[proxy.ServicePortName]*serviceRules
+	cache map[proxy.ServicePortName]*cachedPort
+	// order holds the cached ports sorted by sortKey.
+	order []*cachedPort
+	trees [numTrees]*dispatchState
 	large bool
+	// generation numbers the renders; valid is false until a render from
+	// scratch has filled the cache (and after SetConfig).
+	generation uint64
+	valid      bool
 }
 
 // NewRenderer returns a renderer for cfg.
 func NewRenderer(cfg Config) *Renderer {
-	return &Renderer{cfg: cfg, cache: map[proxy.ServicePortName]*serviceRules{}}
+	return &Renderer{cfg: cfg}
 }
 
 // Config returns the configuration the renderer uses.
@@ -129,87 +185,108 @@ func (r *Renderer) Config() Config { return r.cfg }
 // everything.
 func (r *Renderer) SetConfig(cfg Config) {
 	r.cfg = cfg
-	clear(r.cache)
+	r.valid = false
 }
 
-// Render returns the desired rules for state. changed lists the Services
-// whose rules must be rendered afresh; nil means all of them.
+// portSortKey is the key kube-proxy's order of Service ports follows.
+func portSortKey(spn proxy.ServicePortName) string {
+	return spn.String() + string(spn.Protocol)
+}
+
+// Generation returns the number of the last render (0 before the first).
+func (r *Renderer) Generation() uint64 { return r.generation }
+
+// newCachedPort renders a Service port; it returns the port's chains and
+// what the cache keeps of them.
+func (r *Renderer) newCachedPort(spn proxy.ServicePortName, sortKey string, state *proxy.State) (*cachedPort, []*Chain) {
+	eps := state.Endpoints[spn]
+	sr := r.renderServicePort(state.ServicePorts[spn], eps)
+	cp := &cachedPort{spn: spn, sortKey: sortKey, endpoints: len(eps),
+		noLocalInternal: sr.noLocalInternal, noLocalExternal: sr.noLocalExternal,
+		chains: make([]string, len(sr.natChains))}
+	for i, c := range sr.natChains {
+		cp.chains[i] = c.Name
+		cp.rules += len(c.Rules)
+	}
+	for t := range sr.entries {
+		es := slices.Clip(sr.entries[t])
+		for i := range es {
+			es[i].svc, es[i].seq = sortKey, i
+		}
+		cp.entries[t] = es
+	}
+	return cp, sr.natChains
+}
+
+// Render returns the desired rules for state. changed lists the Service
+// ports whose rules must be rendered afresh (those added, changed or
+// removed since the last Render); nil renders everything. With changed,
+// and a cache from an earlier render, the result carries a Delta and holds
+// only the chains that may have changed.
 func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]bool) *Ruleset {
 	large := state.EndpointCount() > largeClusterEndpointsThreshold
-	if large != r.large {
-		r.large = large
-		changed = nil
-	}
-	rs := &Ruleset{Stats: Stats{ServicePorts: len(state.ServicePorts), LargeClusterMode: large}}
-
-	type sortKey struct {
-		key string
-		spn proxy.ServicePortName
-	}
-	keyed := make([]sortKey, 0, len(state.ServicePorts))
-	for spn := range state.ServicePorts {
-		keyed = append(keyed, sortKey{spn.String() + string(spn.Protocol), spn})
-	}
-	slices.SortFunc(keyed, func(a, b sortKey) int { return strings.Compare(a.key, b.key) })
-	names := make([]proxy.ServicePortName, len(keyed))
-	for i := range keyed {
-		names[i] = keyed[i].spn
-	}
-	for spn := range r.cache {
-		if _, ok := state.ServicePorts[spn]; !ok {
-			delete(r.cache, spn)
+	scratch := changed == nil || large != r.large || !r.valid
+	r.large = large
+	r.generation++
+	rs := &Ruleset{Generation: r.generation, Stats: Stats{ServicePorts: len(state.ServicePorts), LargeClusterMode: large}}
+	var svcChains []*Chain
+	if !scratch {
+		rs.Delta = &Delta{Since: r.generation - 1}
+		rs.Stats.Rendered, svcChains = r.update(state, changed, rs.Delta)
+		if len(r.cache) != len(state.ServicePorts) {
+			// changed missed a Service port: never guess.
+			scratch, rs.Delta = true, nil
 		}
 	}
+	if scratch {
+		rs.Stats.Rendered, svcChains = r.fill(state)
+	}
 
-	var (
-		natServices, natNodePorts                                 []dispatchEntry
-		filterServices, filterExternal, filterFW, filterNodePorts []dispatchEntry
-		svcChains                                                 []*Chain
-	)
-	for _, spn := range names {
-		sr := r.cache[spn]
-		if sr == nil || changed == nil || changed[spn] {
-			sr = r.renderServicePort(state.ServicePorts[spn], state.Endpoints[spn])
-			r.cache[spn] = sr
-			rs.Stats.Rendered++
-		}
-		rs.Stats.Endpoints += len(state.Endpoints[spn])
-		if sr.noLocalInternal {
+	for _, cp := range r.order {
+		rs.Stats.Endpoints += cp.endpoints
+		rs.Stats.NATRules += cp.rules
+		if cp.noLocalInternal {
 			rs.Stats.NoLocalEndpointsInternal++
 		}
-		if sr.noLocalExternal {
+		if cp.noLocalExternal {
 			rs.Stats.NoLocalEndpointsExternal++
 		}
-		natServices = append(natServices, sr.natServices...)
-		natNodePorts = append(natNodePorts, sr.natNodePorts...)
-		filterServices = append(filterServices, sr.filterServices...)
-		filterExternal = append(filterExternal, sr.filterExternal...)
-		filterFW = append(filterFW, sr.filterFW...)
-		filterNodePorts = append(filterNodePorts, sr.filterNodePorts...)
-		svcChains = append(svcChains, sr.natChains...)
 	}
-	cfg := &r.cfg
-	fam := string(cfg.Family)
-	var dispatchNAT, dispatchFilter []*Chain
-	tree := func(table, root string, entries []dispatchEntry, into *[]*Chain) []string {
-		for i := range entries {
-			entries[i].seq = i
-		}
-		top, chains := buildDispatch(fam, table, root, entries)
-		*into = append(*into, chains...)
-		return top
-	}
-	natServicesRules := append(tree("nat", ChainServices, natServices, &dispatchNAT), r.nodePortsTail()...)
-	natNodePortsRules := tree("nat", ChainNodePorts, natNodePorts, &dispatchNAT)
-	filterServicesRules := tree("filter", ChainServices, filterServices, &dispatchFilter)
-	filterExternalRules := tree("filter", ChainExternalServices, filterExternal, &dispatchFilter)
-	filterFWRules := tree("filter", ChainProxyFirewall, filterFW, &dispatchFilter)
-	filterNodePortsRules := tree("filter", ChainNodePorts, filterNodePorts, &dispatchFilter)
 
+	var dispatchNAT, dispatchFilter []*Chain
+	var top [numTrees][]string
+	for t, d := range r.trees {
+		rules, chains, fresh, gone := d.build(rs.Delta != nil)
+		top[t] = rules
+		n := 0
+		for _, c := range chains {
+			n += len(c.Rules)
+		}
+		keep := chains
+		if rs.Delta != nil {
+			keep = fresh
+		}
+		if d.table == "nat" {
+			dispatchNAT = append(dispatchNAT, keep...)
+			rs.Stats.NATRules += n
+		} else {
+			dispatchFilter = append(dispatchFilter, keep...)
+			rs.Stats.FilterRules += n
+		}
+		if rs.Delta != nil {
+			if d.table == "nat" {
+				rs.Delta.GoneNAT = append(rs.Delta.GoneNAT, gone...)
+			} else {
+				rs.Delta.GoneFilter = append(rs.Delta.GoneFilter, gone...)
+			}
+		}
+	}
+
+	cfg := &r.cfg
 	mark := cfg.masqMark()
-	rs.NAT = []*Chain{
-		{Name: ChainServices, Rules: natServicesRules},
-		{Name: ChainNodePorts, Rules: natNodePortsRules},
+	base := []*Chain{
+		{Name: ChainServices, Rules: append(slices.Clip(top[treeNATServices]), r.nodePortsTail()...)},
+		{Name: ChainNodePorts, Rules: top[treeNATNodePorts]},
 		{Name: ChainPostrouting, Rules: []string{
 			(&rule{}).match("-m", "mark", "!", "--mark", mark+"/"+mark).jump("RETURN").line(),
 			(&rule{}).jump("MARK", "--set-xmark", mark+"/0x0").line(),
@@ -217,6 +294,8 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		}},
 		{Name: ChainMarkMasq, Rules: []string{(&rule{}).jump("MARK", "--set-xmark", mark+"/"+mark).line()}},
 	}
+	rs.NAT = make([]*Chain, 0, len(base)+len(dispatchNAT)+len(svcChains))
+	rs.NAT = append(rs.NAT, base...)
 	rs.NAT = append(rs.NAT, dispatchNAT...)
 	rs.NAT = append(rs.NAT, svcChains...)
 
@@ -232,23 +311,143 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		(&rule{}).comment("kubernetes forwarding rules").match("-m", "mark", "--mark", mark+"/"+mark).jump("ACCEPT").line(),
 		(&rule{}).comment("kubernetes forwarding conntrack rule").match("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED").jump("ACCEPT").line(),
 	)
-	rs.Filter = []*Chain{
-		{Name: ChainServices, Rules: filterServicesRules},
-		{Name: ChainExternalServices, Rules: filterExternalRules},
+	baseFilter := []*Chain{
+		{Name: ChainServices, Rules: top[treeFilterServices]},
+		{Name: ChainExternalServices, Rules: top[treeFilterExternal]},
 		{Name: ChainForward, Rules: forward},
-		{Name: ChainNodePorts, Rules: filterNodePortsRules},
-		{Name: ChainProxyFirewall, Rules: filterFWRules},
+		{Name: ChainNodePorts, Rules: top[treeFilterNodePorts]},
+		{Name: ChainProxyFirewall, Rules: top[treeFilterFirewall]},
 	}
-	rs.Filter = append(rs.Filter, dispatchFilter...)
 	if !cfg.isIPv6() && cfg.LocalhostNodePorts {
-		rs.Filter = append(rs.Filter, &Chain{Name: ChainKubeletFirewall, Rules: []string{
+		baseFilter = append(baseFilter, &Chain{Name: ChainKubeletFirewall, Rules: []string{
 			(&rule{src: "127.0.0.0/8", notSrc: true, dst: "127.0.0.0/8"}).
 				comment("block incoming localnet connections").
 				match("-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT").
 				jump("DROP").line(),
 		}})
 	}
+	rs.Filter = append(baseFilter, dispatchFilter...)
+	for _, c := range base {
+		rs.Stats.NATRules += len(c.Rules)
+	}
+	for _, c := range baseFilter {
+		rs.Stats.FilterRules += len(c.Rules)
+	}
 	return rs
+}
+
+// fill renders every Service port from scratch and rebuilds the cache and
+// the trees. It returns the number of ports rendered and their chains, in
+// kube-proxy's order.
+func (r *Renderer) fill(state *proxy.State) (int, []*Chain) {
+	r.cache = make(map[proxy.ServicePortName]*cachedPort, len(state.ServicePorts))
+	r.order = make([]*cachedPort, 0, len(state.ServicePorts))
+	chainsOf := make(map[*cachedPort][]*Chain, len(state.ServicePorts))
+	for spn := range state.ServicePorts {
+		cp, chains := r.newCachedPort(spn, portSortKey(spn), state)
+		r.cache[spn] = cp
+		r.order = append(r.order, cp)
+		chainsOf[cp] = chains
+	}
+	slices.SortFunc(r.order, func(a, b *cachedPort) int { return strings.Compare(a.sortKey, b.sortKey) })
+	var all []*Chain
+	for _, cp := range r.order {
+		all = append(all, chainsOf[cp]...)
+	}
+	fam := string(r.cfg.Family)
+	for t := range r.trees {
+		var entries []dispatchEntry
+		for _, cp := range r.order {
+			entries = append(entries, cp.entries[t]...)
+		}
+		slices.SortFunc(entries, func(a, b dispatchEntry) int { return compareSorted(&a, &b) })
+		table, root := treeChain(t)
+		r.trees[t] = &dispatchState{family: fam, table: table, root: root, entries: entries}
+	}
+	r.valid = true
+	return len(r.order), all
+}
+
+// treeChain returns the table and shared chain of a tree.
+func treeChain(t int) (table, root string) {
+	switch t {
+	case treeNATServices:
+		return "nat", ChainServices
+	case treeNATNodePorts:
+		return "nat", ChainNodePorts
+	case treeFilterServices:
+		return "filter", ChainServices
+	case treeFilterExternal:
+		return "filter", ChainExternalServices
+	case treeFilterFirewall:
+		return "filter", ChainProxyFirewall
+	default:
+		return "filter", ChainNodePorts
+	}
+}
+
+// update re-renders the changed Service ports, updating the cache, the
+// order and the trees' entries, and records the chains that are gone in
+// delta. It returns the number of ports rendered and their chains.
+func (r *Renderer) update(state *proxy.State, changed map[proxy.ServicePortName]bool, delta *Delta) (int, []*Chain) {
+	rendered := 0
+	var fresh []*Chain
+	for spn := range changed {
+		old := r.cache[spn]
+		var cp *cachedPort
+		if _, ok := state.ServicePorts[spn]; ok {
+			var chains []*Chain
+			cp, chains = r.newCachedPort(spn, portSortKey(spn), state)
+			fresh = append(fresh, chains...)
+			rendered++
+		}
+		var oldChains, newChains []string
+		var oldEntries, newEntries [numTrees][]dispatchEntry
+		if old != nil {
+			oldChains, oldEntries = old.chains, old.entries
+		}
+		if cp != nil {
+			newChains, newEntries = cp.chains, cp.entries
+		}
+		switch {
+		case old == nil && cp == nil:
+			continue
+		case cp == nil:
+			delete(r.cache, spn)
+			i, _ := slices.BinarySearchFunc(r.order, old.sortKey, func(c *cachedPort, k string) int { return strings.Compare(c.sortKey, k) })
+			r.order = slices.Delete(r.order, i, i+1)
+		case old == nil:
+			r.cache[spn] = cp
+			i, _ := slices.BinarySearchFunc(r.order, cp.sortKey, func(c *cachedPort, k string) int { return strings.Compare(c.sortKey, k) })
+			r.order = slices.Insert(r.order, i, cp)
+		default:
+			*old = *cp // keep the pointer in order
+		}
+		for _, name := range oldChains {
+			if !slices.Contains(newChains, name) {
+				delta.GoneNAT = append(delta.GoneNAT, name)
+			}
+		}
+		for t, d := range r.trees {
+			if sameEntries(oldEntries[t], newEntries[t]) {
+				continue
+			}
+			for _, e := range oldEntries[t] {
+				d.remove(e)
+			}
+			for _, e := range newEntries[t] {
+				d.insert(e)
+			}
+		}
+	}
+	return rendered, fresh
+}
+
+// sameEntries reports whether two lists of a port's entries are equal.
+func sameEntries(a, b []dispatchEntry) bool {
+	return slices.EqualFunc(a, b, func(x, y dispatchEntry) bool {
+		return x.kind == y.kind && x.body == y.body && bytes.Equal(x.key, y.key)
+	})
 }
 
 // nodePortsTail is the last rule of nat KUBE-SERVICES, sending packets to
@@ -344,54 +543,54 @@ func (r *Renderer) renderServicePort(sp *proxy.ServicePort, eps []*proxy.Endpoin
 
 	// ClusterIP.
 	if hasInternal {
-		sr.natServices = append(sr.natServices, dispatch(sp.ClusterIP, name+" cluster IP", internalChain))
+		sr.entries[treeNATServices] = append(sr.entries[treeNATServices], dispatch(sp.ClusterIP, name+" cluster IP", internalChain))
 	} else {
-		sr.filterServices = append(sr.filterServices, verdict(sp.ClusterIP, internalComment, internalTarget))
+		sr.entries[treeFilterServices] = append(sr.entries[treeFilterServices], verdict(sp.ClusterIP, internalComment, internalTarget))
 	}
 	// External IPs.
 	for _, ip := range sp.ExternalIPs {
 		if cat.HasAny {
-			sr.natServices = append(sr.natServices, dispatch(ip, name+" external IP", chains.External))
+			sr.entries[treeNATServices] = append(sr.entries[treeNATServices], dispatch(ip, name+" external IP", chains.External))
 		}
 		if !hasExternal {
-			sr.filterExternal = append(sr.filterExternal, verdict(ip, externalComment, externalTarget))
+			sr.entries[treeFilterExternal] = append(sr.entries[treeFilterExternal], verdict(ip, externalComment, externalTarget))
 		}
 	}
 	// Load-balancer IPs.
 	for _, ip := range sp.LoadBalancerVIPs {
 		if cat.HasAny {
-			sr.natServices = append(sr.natServices, dispatch(ip, name+" loadbalancer IP", lbChain))
+			sr.entries[treeNATServices] = append(sr.entries[treeNATServices], dispatch(ip, name+" loadbalancer IP", lbChain))
 		}
 		if usesFWChain {
-			sr.filterFW = append(sr.filterFW, verdict(ip, name+" traffic not accepted by "+chains.Firewall, "DROP"))
+			sr.entries[treeFilterFirewall] = append(sr.entries[treeFilterFirewall], verdict(ip, name+" traffic not accepted by "+chains.Firewall, "DROP"))
 		}
 	}
 	if !hasExternal {
 		for _, ip := range sp.LoadBalancerVIPs {
-			sr.filterExternal = append(sr.filterExternal, verdict(ip, externalComment, externalTarget))
+			sr.entries[treeFilterExternal] = append(sr.entries[treeFilterExternal], verdict(ip, externalComment, externalTarget))
 		}
 	}
 	// NodePort.
 	if sp.NodePort != 0 {
 		if cat.HasAny {
 			if cfg.LocalhostNodePorts && !cfg.isIPv6() && cfg.NFAcctLocalhostNodePorts != "" {
-				sr.natNodePorts = append(sr.natNodePorts, portEntry(sp.NodePort,
+				sr.entries[treeNATNodePorts] = append(sr.entries[treeNATNodePorts], portEntry(sp.NodePort,
 					(&rule{dst: "127.0.0.0/8", proto: proto}).comment(name).match("-m", proto, "--dport", itoa(sp.NodePort)).
 						match(nfacctMatch(cfg.NFAcctLocalhostNodePorts)...).jump(chains.External).line()))
 			}
-			sr.natNodePorts = append(sr.natNodePorts, portEntry(sp.NodePort,
+			sr.entries[treeNATNodePorts] = append(sr.entries[treeNATNodePorts], portEntry(sp.NodePort,
 				(&rule{proto: proto}).comment(name).match("-m", proto, "--dport", itoa(sp.NodePort)).jump(chains.External).line()))
 		}
 		if !hasExternal {
 			v := filterVerdict(externalTarget)
-			sr.filterExternal = append(sr.filterExternal, portEntry(sp.NodePort,
+			sr.entries[treeFilterExternal] = append(sr.entries[treeFilterExternal], portEntry(sp.NodePort,
 				(&rule{proto: proto}).comment(externalComment).match("-m", "addrtype", "--dst-type", "LOCAL").
 					match("-m", proto, "--dport", itoa(sp.NodePort)).jump(v[0], v[1:]...).line()))
 		}
 	}
 	// Health-check node port.
 	if sp.HealthCheckNodePort != 0 {
-		sr.filterNodePorts = append(sr.filterNodePorts, dispatchEntry{key: portKey("tcp", sp.HealthCheckNodePort), kind: keyPort,
+		sr.entries[treeFilterNodePorts] = append(sr.entries[treeFilterNodePorts], dispatchEntry{key: portKey("tcp", sp.HealthCheckNodePort), kind: keyPort,
 			body: (&rule{proto: "tcp"}).comment(name+" health check node port").match("-m", "tcp", "--dport", itoa(sp.HealthCheckNodePort)).jump("ACCEPT").line()})
 	}
 
@@ -503,7 +702,34 @@ func (r *Renderer) renderServicePort(sp *proxy.ServicePort, eps []*proxy.Endpoin
 	for _, c := range order {
 		sr.natChains = append(sr.natChains, &Chain{Name: c, Rules: svcRules[c]})
 	}
+	sr.pack()
 	return sr
+}
+
+// pack moves the bodies of the Service port's dispatch entries, which the
+// renderer keeps until the port changes, into one string.
+func (sr *serviceRules) pack() {
+	size := 0
+	for _, es := range sr.entries {
+		for _, e := range es {
+			size += len(e.body)
+		}
+	}
+	var b strings.Builder
+	b.Grow(size)
+	for _, es := range sr.entries {
+		for _, e := range es {
+			b.WriteString(e.body)
+		}
+	}
+	text, off := b.String(), 0
+	for _, es := range sr.entries {
+		for i := range es {
+			n := len(es[i].body)
+			es[i].body = text[off : off+n]
+			off += n
+		}
+	}
 }
 
 // serviceToEndpoints renders a KUBE-SVC/KUBE-SVL chain: affinity checks
