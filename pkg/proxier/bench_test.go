@@ -11,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2/ktesting"
 
+	"github.com/iptproxy/iptproxy/pkg/metrics"
 	"github.com/iptproxy/iptproxy/pkg/planner"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
@@ -154,4 +155,32 @@ func BenchmarkDispatchCrossed(b *testing.B) {
 			b.ReportMetric(float64(crossed(netip.MustParseAddr("172.30.77.77"), 80)), "nonservice-in-range-crossed")
 		})
 	}
+}
+
+// BenchmarkSyncOneEndpointChange10kx10 is BenchmarkOneEndpointChange10kx10
+// through the whole Proxier.Sync, as the daemon runs it: tracker checkout,
+// render, plan, a restore into a fake iptables, metrics and health checks.
+func BenchmarkSyncOneEndpointChange10kx10(b *testing.B) {
+	c := scaleCluster{family: v1.IPv4Protocol, n: 10000, eps: 10}
+	p, ipt := c.fakeProxier(b)
+	p.opts.Metrics = metrics.New()
+	ctx := context.Background()
+	if err := p.Sync(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		s := c.slice(7)
+		s.Endpoints[0].Addresses = []string{c.endpointIP(200000 + i%2)}
+		p.OnEndpointSliceUpdate(s, false)
+		if err := p.Sync(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if !p.LastSync().Incremental {
+		b.Errorf("the last sync was not planned from the delta")
+	}
+	b.ReportMetric(float64(len(ipt.LastRestore())), "bytes-written")
 }
