@@ -11,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2/ktesting"
 
+	"github.com/iptproxy/iptproxy/pkg/iptables"
 	ipttesting "github.com/iptproxy/iptproxy/pkg/iptables/testing"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 )
@@ -120,6 +121,91 @@ func TestRunHealthAndRetries(t *testing.T) {
 			case <-done:
 			case <-time.After(5 * time.Second):
 				t.Fatal("Run did not return after the context ended")
+			}
+		})
+	}
+}
+
+// savesCounter counts the iptables-save runs on a fake.
+type savesCounter struct {
+	*ipttesting.Fake
+	mu    sync.Mutex
+	saves int
+}
+
+func (s *savesCounter) Save(ctx context.Context, table iptables.Table) ([]byte, error) {
+	s.mu.Lock()
+	s.saves++
+	s.mu.Unlock()
+	return s.Fake.Save(ctx, table)
+}
+
+func (s *savesCounter) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.saves
+}
+
+// TestRunReadsTablesWhileInformersList checks that the loop reads the
+// tables (iptables-save, seconds at scale) as it starts, while the
+// informers still list, and that the first sync adopts those dumps rather
+// than reading again, unless they grew too old.
+func TestRunReadsTablesWhileInformersList(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		wait      time.Duration // clock advance between the dumps and the lists' end
+		wantSaves int
+	}{
+		{name: "lists end soon: the first sync adopts the early dumps", wait: time.Second, wantSaves: 2},
+		{name: "lists end late: the first sync reads again", wait: time.Minute, wantSaves: 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logger, ctx := ktesting.NewTestContext(t)
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			ipt := &savesCounter{Fake: ipttesting.NewFake(v1.IPv4Protocol)}
+			var clockMu sync.Mutex
+			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
+			health := &healthLog{restores: func() int { return len(ipt.Restores()) }}
+			p := New(logger, Options{
+				Rules:      rules.Config{Family: v1.IPv4Protocol, NodeName: "node-a", MasqueradeBit: 14},
+				SyncPeriod: time.Minute,
+				IPTables:   ipt,
+				Health:     health,
+				Clock:      clock,
+			})
+			svcs, eps := richCluster()
+			for _, s := range svcs {
+				p.OnServiceUpdate(nil, s)
+			}
+			for _, s := range eps {
+				p.OnEndpointSliceUpdate(s, false)
+			}
+			done := make(chan struct{})
+			go func() { p.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+
+			deadline := time.Now().Add(10 * time.Second)
+			for ipt.count() < 2 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if n := ipt.count(); n != 2 {
+				t.Fatalf("%d tables read before the informers synced; want 2 (filter, nat)", n)
+			}
+			clockMu.Lock()
+			now = now.Add(tc.wait)
+			clockMu.Unlock()
+			p.OnServicesSynced()
+			p.OnEndpointSlicesSynced()
+			for !slices.Contains(health.get(), "updated") && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if r := p.LastSync(); !r.Full || r.Error != "" || r.RulesWritten == 0 {
+				t.Fatalf("first sync: %+v; want a full sync that wrote the rules", r)
+			}
+			if n := ipt.count(); n != tc.wantSaves {
+				t.Errorf("%d tables read in all; want %d", n, tc.wantSaves)
 			}
 		})
 	}

@@ -123,6 +123,7 @@ type Proxier struct {
 	applied      *planner.Applied
 	needFull     atomic.Bool
 	lastFullSync time.Time
+	early        *earlySaves
 	topologyZone string
 	nodeIPs      []netip.Addr
 }
@@ -238,6 +239,61 @@ func (p *Proxier) Desired() *rules.Ruleset {
 	return rs
 }
 
+// earlySavesMaxAge bounds how old the dump read at start may be when the
+// first sync adopts it; an older one is read again.
+const earlySavesMaxAge = 30 * time.Second
+
+// earlySaves are the iptables-save dumps the loop reads as it starts,
+// while the informers are still listing: at 10,000 Services a dump takes
+// seconds (3 s for nat on iptables-nft), and the first sync would
+// otherwise wait for it after the lists.
+type earlySaves struct {
+	done  chan struct{}
+	at    time.Time
+	saves map[iptables.Table][]byte
+	errs  map[iptables.Table]error
+}
+
+// readEarlySaves starts reading the tables in the background.
+func (p *Proxier) readEarlySaves(ctx context.Context) *earlySaves {
+	e := &earlySaves{done: make(chan struct{}), at: p.now(),
+		saves: map[iptables.Table][]byte{}, errs: map[iptables.Table]error{}}
+	go func() {
+		defer close(e.done)
+		for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
+			e.saves[t], e.errs[t] = p.opts.IPTables.Save(ctx, t)
+		}
+	}()
+	return e
+}
+
+// takeEarlySaves returns the dumps read at start, once, if they are recent
+// enough; nil otherwise.
+func (p *Proxier) takeEarlySaves(ctx context.Context) *earlySaves {
+	e := p.early
+	p.early = nil
+	if e == nil {
+		return nil
+	}
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+		return nil
+	}
+	if p.now().Sub(e.at) > earlySavesMaxAge {
+		return nil
+	}
+	return e
+}
+
+// get returns the early dump of table, or reads it now.
+func (e *earlySaves) get(ctx context.Context, ipt iptables.Interface, t iptables.Table) ([]byte, error) {
+	if e != nil && e.errs[t] == nil && e.saves[t] != nil {
+		return e.saves[t], nil
+	}
+	return ipt.Save(ctx, t)
+}
+
 // ForceFullSync makes the next sync re-read the kernel and repair it.
 func (p *Proxier) ForceFullSync() {
 	p.needFull.Store(true)
@@ -256,6 +312,9 @@ func (p *Proxier) Run(ctx context.Context) {
 	period := p.opts.SyncPeriod
 	if period <= 0 {
 		period = 30 * time.Second
+	}
+	if p.needFull.Load() {
+		p.early = p.readEarlySaves(ctx)
 	}
 	ticker := time.NewTicker(period)
 	defer ticker.Stop()
@@ -417,8 +476,9 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 		// canaries exist, which saves an iptables run per jump (each costs
 		// a whole-table cache fetch on iptables-nft at scale).
 		saves := map[iptables.Table][]byte{}
+		early := p.takeEarlySaves(ctx)
 		for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
-			save, err := p.opts.IPTables.Save(ctx, t)
+			save, err := early.get(ctx, p.opts.IPTables, t)
 			if err != nil {
 				logger.Error(err, "Reading the current rules failed; rewriting every chain", "table", t)
 				p.applied.Forget(t)
