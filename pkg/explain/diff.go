@@ -72,7 +72,7 @@ func Diff(desired *rules.Ruleset, saves map[iptables.Table][]byte) *DiffReport {
 		applied.Adopt(t, save)
 	}
 	plan := planner.Compute(desired, applied, rules.IsServiceChain)
-	d := &DiffReport{Rules: plan.Rules, Payload: string(plan.Payload)}
+	d := &DiffReport{Rules: plan.Rules, Payload: string(plan.Payload())}
 	for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
 		td := TableDiff{Table: string(t), Removed: slices.Clone(plan.Deleted[t])}
 		have := planner.ParseSave(saves[t])

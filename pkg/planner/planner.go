@@ -133,9 +133,6 @@ const DefaultMaxLines = 8000
 
 // Plan is the result of comparing desired rules with the record.
 type Plan struct {
-	// Payload is the whole iptables-restore input (both tables); empty when
-	// nothing needs writing. It is the concatenation of Transactions.
-	Payload []byte
 	// Transactions are the iptables-restore --noflush inputs to apply, in
 	// order, each in its own run. A small plan is one transaction. A large
 	// one is split make-before-break: every chain is declared, flushed and
@@ -167,7 +164,20 @@ type tableCommit struct {
 }
 
 // Changed reports whether the plan writes anything.
-func (p *Plan) Changed() bool { return len(p.Payload) > 0 }
+func (p *Plan) Changed() bool { return len(p.Transactions) > 0 }
+
+// Payload returns the whole iptables-restore input (both tables), the
+// concatenation of Transactions; empty when nothing needs writing.
+func (p *Plan) Payload() []byte { return bytes.Join(p.Transactions, nil) }
+
+// Size returns the length of Payload.
+func (p *Plan) Size() int {
+	n := 0
+	for _, tx := range p.Transactions {
+		n += len(tx)
+	}
+	return n
+}
 
 // Compute plans the change from the record to desired, splitting it into
 // transactions of about DefaultMaxLines lines. owned says which chains
@@ -246,9 +256,6 @@ func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string)
 		p.Transactions = [][]byte{buf.Bytes()}
 	} else {
 		p.Transactions = chunk(tables, maxLines)
-	}
-	for _, tx := range p.Transactions {
-		p.Payload = append(p.Payload, tx...)
 	}
 	return p
 }

@@ -87,7 +87,7 @@ func TestComputeChunkedOrder(t *testing.T) {
 		t.Errorf("record after commit is wrong")
 	}
 	if again := Compute(desired, applied, rules.IsServiceChain); again.Changed() {
-		t.Errorf("second plan writes %s", again.Payload)
+		t.Errorf("second plan writes %s", again.Payload())
 	}
 	// A changed chain is written even when the renderer reuses the name.
 	desired.NAT[6] = chain("KUBE-SVC-A", "KUBE-SEP-1")

@@ -62,7 +62,7 @@ func BenchmarkColdRender10kx10(b *testing.B) {
 	chains, lines := countRules(rs)
 	b.ReportMetric(float64(chains), "chains")
 	b.ReportMetric(float64(lines), "rules")
-	b.ReportMetric(float64(len(plan.Payload))/1e6, "payload-MB")
+	b.ReportMetric(float64(plan.Size())/1e6, "payload-MB")
 	b.ReportMetric(float64(len(plan.Transactions)), "transactions")
 
 	// What stays live between syncs.

@@ -503,7 +503,7 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 	plan := planner.ComputeChunked(rs, p.applied, rules.IsServiceChain, p.maxRestoreLines())
 	report.RulesWritten = plan.Rules
 	report.Incremental = plan.Incremental
-	report.BytesWritten = len(plan.Payload)
+	report.BytesWritten = plan.Size()
 	report.ChainsWritten = tableMap(plan.Written)
 	report.ChainsDeleted = tableMap(plan.Deleted)
 	for i, tx := range plan.Transactions {
@@ -638,7 +638,7 @@ func (p *Proxier) recordMetrics(rs *rules.Ruleset, plan *planner.Plan, change pr
 		m.SyncChainsWrittenTotal.WithLabelValues(string(t), fam).Add(float64(len(plan.Written[t])))
 		m.SyncChainsDeletedTotal.WithLabelValues(string(t), fam).Add(float64(len(plan.Deleted[t])))
 	}
-	m.SyncBytesWrittenTotal.WithLabelValues(fam).Add(float64(len(plan.Payload)))
+	m.SyncBytesWrittenTotal.WithLabelValues(fam).Add(float64(plan.Size()))
 	m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues(metrics.TrafficPolicyInternal, fam).Set(float64(rs.Stats.NoLocalEndpointsInternal))
 	m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues(metrics.TrafficPolicyExternal, fam).Set(float64(rs.Stats.NoLocalEndpointsExternal))
 	m.SyncProxyRulesLastTimestamp.WithLabelValues(fam).SetToCurrentTime()
