@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
 	"slices"
@@ -201,8 +202,8 @@ func TestRunReadsTablesWhileInformersList(t *testing.T) {
 			for !slices.Contains(health.get(), "updated") && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond)
 			}
-			if r := p.LastSync(); !r.Full || r.Error != "" || r.RulesWritten == 0 {
-				t.Fatalf("first sync: %+v; want a full sync that wrote the rules", r)
+			if rs := ipt.Restores(); len(rs) == 0 || rs[0].Err != nil || !bytes.Contains(rs[0].Payload, []byte(":"+rules.ChainServices)) {
+				t.Fatalf("restores %+v; want a first sync that wrote the rules", rs)
 			}
 			if n := ipt.count(); n != tc.wantSaves {
 				t.Errorf("%d tables read in all; want %d", n, tc.wantSaves)
