@@ -1,18 +1,15 @@
 package app
 
 import (
-	"context"
 	"net/netip"
 	"os/exec"
 	"slices"
 	"testing"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables/kerneltest"
@@ -51,23 +48,8 @@ func TestInformersIgnoreLabelledObjects(t *testing.T) {
 		rt.Service("ns/c", "172.30.0.3"),
 		labelled(rt.Slice("ns/c", "c-headless", tcpPorts(), rt.Endpoint(podB, "node-b")), proxy.LabelHeadless),
 	}
-	client := fake.NewClientset(objs...)
-	factory, err := newInformerFactory(client, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	c := rt.NewCluster(t, rt.DefaultConfig(v1.IPv4Protocol), nil)
-	svcSynced, sliceSynced, err := addHandlers(factory, []EventHandler{c.Proxier()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	factory.Start(ctx.Done())
-	defer factory.Shutdown() // after cancel: it waits for the informers to stop
-	defer cancel()
-	if !cache.WaitForCacheSync(ctx.Done(), svcSynced, sliceSynced) {
-		t.Fatal("informers did not sync")
-	}
+	startAPIWatch(t, fake.NewClientset(objs...), c.Proxier())
 	c.Sync()
 	tests := []struct {
 		name string
