@@ -143,13 +143,6 @@ func newStubStore(logger klog.Logger, sink stubSink) *stubStore {
 // HasSynced reports whether a first Replace has been delivered.
 func (s *stubStore) HasSynced() bool { return s.synced.Load() }
 
-// Len is the number of objects recorded.
-func (s *stubStore) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.records)
-}
-
 // Transformer trims the objects a watch-list stream collects before
 // Replace (the Reflector applies it to its temporary store).
 func (s *stubStore) Transformer() cache.TransformFunc { return trimObject }
