@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"slices"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -66,6 +67,64 @@ func TestInformersIgnoreLabelledObjects(t *testing.T) {
 				t.Errorf("got %s, want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestRelistRemovesRules cuts the daemon's watches off while a Service and
+// an EndpointSlice are deleted, then ends them with "too old resource
+// version": the relists must remove the deleted Service's rules and the
+// deleted endpoint, from what the watch kept of them.
+func TestRelistRemovesRules(t *testing.T) {
+	client := fake.NewClientset(
+		rt.Service("ns/a", "172.30.0.1"),
+		rt.Slice("ns/a", "a-1", tcpPorts(), rt.Endpoint(podA, rt.NodeName)),
+		rt.Slice("ns/a", "a-2", tcpPorts(), rt.Endpoint(podB, "node-b")),
+		rt.Service("ns/b", "172.30.0.2"),
+		rt.Slice("ns/b", "b-1", tcpPorts(), rt.Endpoint(podC, "node-c")),
+	)
+	svcWatch, sliceWatch := stallFirstWatch(client, "services"), stallFirstWatch(client, "endpointslices")
+	c := rt.NewCluster(t, rt.DefaultConfig(v1.IPv4Protocol), nil)
+	startAPIWatch(t, client, c.Proxier())
+	c.Sync()
+	pkt := func(dst string) trace.Packet { return rt.In("cni0", "tcp", "10.244.1.7", dst) }
+	if got, want := c.Where(pkt("172.30.0.1:80")), rt.Even(podA+":8080", podB+":8080"); !got.Equal(want) {
+		t.Fatalf("before: ns/a goes to %s, want %s", got, want)
+	}
+	if got, want := c.Where(pkt("172.30.0.2:80")), (rt.Where{podC + ":8080": 1}); !got.Equal(want) {
+		t.Fatalf("before: ns/b goes to %s, want %s", got, want)
+	}
+	for _, d := range []struct{ resource, name string }{{"endpointslices", "a-2"}, {"services", "b"}, {"endpointslices", "b-1"}} {
+		gvr := discovery.SchemeGroupVersion.WithResource(d.resource)
+		if d.resource == "services" {
+			gvr = v1.SchemeGroupVersion.WithResource(d.resource)
+		}
+		if err := client.Tracker().Delete(gvr, "ns", d.name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expire(svcWatch)
+	expire(sliceWatch)
+	tests := []struct {
+		name string
+		dst  string
+		want rt.Where
+	}{
+		{"the deleted endpoint is gone", "172.30.0.1:80", rt.Where{podA + ":8080": 1}},
+		{"the deleted Service is not served", "172.30.0.2:80", rt.Where{"172.30.0.2:80": 1}},
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, tt := range tests {
+		for {
+			c.Sync()
+			got := c.Where(pkt(tt.dst))
+			if got.Equal(tt.want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %s goes to %s after the relists, want %s", tt.name, tt.dst, got, tt.want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 }
 

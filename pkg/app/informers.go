@@ -11,7 +11,10 @@ import (
 )
 
 // EventHandler receives Service and EndpointSlice events; every proxier
-// (one per IP family) is one.
+// (one per IP family) is one. An old Service, and a removed Service or
+// EndpointSlice seen only as missing from a relist, may be a stub: its
+// namespace, name and resourceVersion, and for a slice its service-name
+// label and address type.
 type EventHandler interface {
 	OnServiceUpdate(old, svc *v1.Service)
 	OnEndpointSliceUpdate(slice *discovery.EndpointSlice, removed bool)

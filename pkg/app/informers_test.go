@@ -326,18 +326,7 @@ func TestAPIWatch(t *testing.T) {
 func TestAPIWatchRelist(t *testing.T) {
 	gone := endpointSlice("ns", "a-2", "a", discovery.AddressTypeIPv6, "3")
 	client := fake.NewClientset(service("ns", "a", "1"), endpointSlice("ns", "a-1", "a", discovery.AddressTypeIPv4, "2"), gone)
-	first := watch.NewFakeWithChanSize(1, false)
-	var watches int
-	var mu sync.Mutex
-	client.PrependWatchReactor("endpointslices", func(k8stesting.Action) (bool, watch.Interface, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		watches++
-		if watches == 1 {
-			return true, first, nil // a watch that sees nothing
-		}
-		return false, nil, nil
-	})
+	first := stallFirstWatch(client, "endpointslices")
 	h := &recordingHandler{}
 	startAPIWatch(t, client, h)
 	h.take()
@@ -346,8 +335,7 @@ func TestAPIWatchRelist(t *testing.T) {
 	if err := client.Tracker().Delete(gvr, "ns", "a-2"); err != nil {
 		t.Fatal(err)
 	}
-	expired := apierrors.NewResourceExpired("too old resource version: 2 (10)")
-	first.Error(&expired.ErrStatus)
+	expire(first)
 	want := []event{{kind: "slice", namespace: "ns", name: "a-2", rv: "3", serviceName: "a", addressType: discovery.AddressTypeIPv6, removed: true}}
 	if got := h.waitFor(t, 1); !sameEvents(got, want) {
 		t.Fatalf("after the relist: delivered %v, want %v", got, want)
@@ -360,6 +348,32 @@ func TestAPIWatchRelist(t *testing.T) {
 	if got := h.waitFor(t, 1); !sameEvents(got, want) {
 		t.Errorf("after the relist, the new watch delivered %v, want %v", got, want)
 	}
+}
+
+// stallFirstWatch makes the first watch of resource on client one that
+// sees nothing, as a watch cut off by an apiserver outage; later watches
+// are the fake's own. End it with an error to make the reflector relist.
+func stallFirstWatch(client *fake.Clientset, resource string) *watch.FakeWatcher {
+	first := watch.NewFakeWithChanSize(1, false)
+	var mu sync.Mutex
+	watches := 0
+	client.PrependWatchReactor(resource, func(k8stesting.Action) (bool, watch.Interface, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		watches++
+		if watches == 1 {
+			return true, first, nil
+		}
+		return false, nil, nil
+	})
+	return first
+}
+
+// expire ends w as the apiserver ends a watch whose resourceVersion was
+// compacted away: the reflector must list again.
+func expire(w *watch.FakeWatcher) {
+	expired := apierrors.NewResourceExpired("too old resource version: 2 (10)")
+	w.Error(&expired.ErrStatus)
 }
 
 // TestHandlersSyncedAfterEveryInitialObject checks that the watch reports
