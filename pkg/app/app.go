@@ -154,15 +154,11 @@ func Run(ctx context.Context, o *options.Options) error {
 			"nodePortAddresses", npAddrs, "localhostNodePorts", localhostNP)
 	}
 
-	factory, err := newInformerFactory(client, cfg.ConfigSyncPeriod.Duration)
-	if err != nil {
-		return err
-	}
 	handlers := make([]EventHandler, len(proxiers))
 	for i, p := range proxiers {
 		handlers[i] = p
 	}
-	svcSynced, sliceSynced, err := addHandlers(factory, handlers)
+	serviceWatch, err := newAPIWatch(logger, client, handlers)
 	if err != nil {
 		return err
 	}
@@ -191,7 +187,7 @@ func Run(ctx context.Context, o *options.Options) error {
 	healthz := healthcheck.NewHealthzServer(cfg.HealthzBindAddress, health)
 	metricsServer := metrics.NewServer(cfg.MetricsBindAddress, m)
 	servicesDebug := &servicesDebug{logger: logger, proxiers: proxiers, configs: rulesConfigs,
-		services: factory.Core().V1().Services().Lister(), slices: factory.Discovery().V1().EndpointSlices().Lister()}
+		client: client}
 	if err := mountDebug(metricsServer, o, proxiers, servicesDebug); err != nil {
 		return err
 	}
@@ -207,10 +203,10 @@ func Run(ctx context.Context, o *options.Options) error {
 	for _, p := range proxiers {
 		g.Go(func() error { p.Run(ctx); return nil })
 	}
+	g.Go(func() error { serviceWatch.Run(ctx); return nil })
 	g.Go(func() error {
-		factory.Start(ctx.Done())
 		nodeFactory.Start(ctx.Done())
-		if !cache.WaitForNamedCacheSyncWithContext(ctx, svcSynced, sliceSynced) {
+		if !cache.WaitForNamedCacheSyncWithContext(ctx, serviceWatch.ServicesSynced, serviceWatch.SlicesSynced) {
 			return ctx.Err()
 		}
 		for _, p := range proxiers {
@@ -218,7 +214,6 @@ func Run(ctx context.Context, o *options.Options) error {
 			p.OnEndpointSlicesSynced()
 		}
 		<-ctx.Done()
-		factory.Shutdown()
 		nodeFactory.Shutdown()
 		return nil
 	})

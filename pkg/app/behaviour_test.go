@@ -1,7 +1,6 @@
 package app
 
 import (
-	"context"
 	"net/netip"
 	"os/exec"
 	"slices"
@@ -12,7 +11,6 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables/kerneltest"
@@ -51,23 +49,8 @@ func TestInformersIgnoreLabelledObjects(t *testing.T) {
 		rt.Service("ns/c", "172.30.0.3"),
 		labelled(rt.Slice("ns/c", "c-headless", tcpPorts(), rt.Endpoint(podB, "node-b")), proxy.LabelHeadless),
 	}
-	client := fake.NewClientset(objs...)
-	factory, err := newInformerFactory(client, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	c := rt.NewCluster(t, rt.DefaultConfig(v1.IPv4Protocol), nil)
-	svcSynced, sliceSynced, err := addHandlers(factory, []EventHandler{c.Proxier()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	factory.Start(ctx.Done())
-	defer factory.Shutdown() // after cancel: it waits for the informers to stop
-	defer cancel()
-	if !cache.WaitForCacheSync(ctx.Done(), svcSynced, sliceSynced) {
-		t.Fatal("informers did not sync")
-	}
+	startAPIWatch(t, fake.NewClientset(objs...), c.Proxier())
 	c.Sync()
 	tests := []struct {
 		name string
@@ -84,6 +67,64 @@ func TestInformersIgnoreLabelledObjects(t *testing.T) {
 				t.Errorf("got %s, want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestRelistRemovesRules cuts the daemon's watches off while a Service and
+// an EndpointSlice are deleted, then ends them with "too old resource
+// version": the relists must remove the deleted Service's rules and the
+// deleted endpoint, from what the watch kept of them.
+func TestRelistRemovesRules(t *testing.T) {
+	client := fake.NewClientset(
+		rt.Service("ns/a", "172.30.0.1"),
+		rt.Slice("ns/a", "a-1", tcpPorts(), rt.Endpoint(podA, rt.NodeName)),
+		rt.Slice("ns/a", "a-2", tcpPorts(), rt.Endpoint(podB, "node-b")),
+		rt.Service("ns/b", "172.30.0.2"),
+		rt.Slice("ns/b", "b-1", tcpPorts(), rt.Endpoint(podC, "node-c")),
+	)
+	svcWatch, sliceWatch := stallFirstWatch(client, "services"), stallFirstWatch(client, "endpointslices")
+	c := rt.NewCluster(t, rt.DefaultConfig(v1.IPv4Protocol), nil)
+	startAPIWatch(t, client, c.Proxier())
+	c.Sync()
+	pkt := func(dst string) trace.Packet { return rt.In("cni0", "tcp", "10.244.1.7", dst) }
+	if got, want := c.Where(pkt("172.30.0.1:80")), rt.Even(podA+":8080", podB+":8080"); !got.Equal(want) {
+		t.Fatalf("before: ns/a goes to %s, want %s", got, want)
+	}
+	if got, want := c.Where(pkt("172.30.0.2:80")), (rt.Where{podC + ":8080": 1}); !got.Equal(want) {
+		t.Fatalf("before: ns/b goes to %s, want %s", got, want)
+	}
+	for _, d := range []struct{ resource, name string }{{"endpointslices", "a-2"}, {"services", "b"}, {"endpointslices", "b-1"}} {
+		gvr := discovery.SchemeGroupVersion.WithResource(d.resource)
+		if d.resource == "services" {
+			gvr = v1.SchemeGroupVersion.WithResource(d.resource)
+		}
+		if err := client.Tracker().Delete(gvr, "ns", d.name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expire(svcWatch)
+	expire(sliceWatch)
+	tests := []struct {
+		name string
+		dst  string
+		want rt.Where
+	}{
+		{"the deleted endpoint is gone", "172.30.0.1:80", rt.Where{podA + ":8080": 1}},
+		{"the deleted Service is not served", "172.30.0.2:80", rt.Where{"172.30.0.2:80": 1}},
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, tt := range tests {
+		for {
+			c.Sync()
+			got := c.Where(pkt(tt.dst))
+			if got.Equal(tt.want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %s goes to %s after the relists, want %s", tt.name, tt.dst, got, tt.want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 }
 

@@ -3,16 +3,18 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
-	corelisters "k8s.io/client-go/listers/core/v1"
-	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/iptproxy/iptproxy/pkg/explain"
@@ -26,14 +28,16 @@ import (
 // servicesDebug serves /debug/services/NAMESPACE/NAME: what "iptproxy show
 // service" prints, computed from the rules the daemon last wrote (each
 // family's desired ruleset on top of its base chains) and the Service and
-// EndpointSlices in the informer caches.
+// its EndpointSlices as the API server has them now (the daemon keeps no
+// copy of whole objects).
 type servicesDebug struct {
 	logger   klog.Logger
 	proxiers []*proxier.Proxier
 	// configs holds each proxier's renderer configuration.
-	configs  map[v1.IPFamily]rules.Config
-	services corelisters.ServiceLister
-	slices   discoverylisters.EndpointSliceLister
+	configs map[v1.IPFamily]rules.Config
+	// client reads the Service and its slices, with the label selector
+	// the daemon watches with.
+	client kubernetes.Interface
 
 	mu sync.Mutex
 	// loaded caches, per family, the tables loaded for the last desired
@@ -69,17 +73,11 @@ func (d *servicesDebug) tables(ctx context.Context, cfg rules.Config, desired *r
 // ServeHTTP answers in text, or in JSON with ?output=json.
 func (d *servicesDebug) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	nn := types.NamespacedName{Namespace: r.PathValue("namespace"), Name: r.PathValue("name")}
-	svc, err := d.services.Services(nn.Namespace).Get(nn.Name)
-	if apierrors.IsNotFound(err) {
+	svc, slices, err := d.fetch(r.Context(), nn)
+	if errors.Is(err, errServiceNotWatched) {
 		http.Error(w, "Service "+nn.String()+" not found", http.StatusNotFound)
 		return
 	}
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	sel := labels.SelectorFromSet(labels.Set{discovery.LabelServiceName: nn.Name})
-	slices, err := d.slices.EndpointSlices(nn.Namespace).List(sel)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
@@ -93,8 +91,8 @@ func (d *servicesDebug) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		tracker := proxy.NewTracker(d.logger, cfg.Family, cfg.NodeName)
 		tracker.OnServiceUpdate(nil, svc)
-		for _, s := range slices {
-			tracker.OnEndpointSliceUpdate(s, false)
+		for i := range slices {
+			tracker.OnEndpointSliceUpdate(&slices[i], false)
 		}
 		state, _ := tracker.Checkout()
 		tables, err := d.tables(r.Context(), cfg, desired)
@@ -121,4 +119,47 @@ func (d *servicesDebug) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_ = explain.WriteService(w, rep)
+}
+
+// errServiceNotWatched: the Service does not exist, or carries a label
+// (service-proxy-name, headless) that keeps it from the daemon.
+var errServiceNotWatched = errors.New("service not found")
+
+// fetch lists the Service nn and its EndpointSlices from the API server,
+// with the label selector the daemon watches with: what it sees is what
+// the daemon's trackers were given. Lists, not a get, need only the list
+// permission the watches already have.
+func (d *servicesDebug) fetch(ctx context.Context, nn types.NamespacedName) (*v1.Service, []discovery.EndpointSlice, error) {
+	watched, err := proxiedSelector()
+	if err != nil {
+		return nil, nil, err
+	}
+	svcs, err := d.client.CoreV1().Services(nn.Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: watched.String(),
+		FieldSelector: fields.OneTermEqualSelector("metadata.name", nn.Name).String(),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing Service %s: %w", nn, err)
+	}
+	var svc *v1.Service
+	for i := range svcs.Items {
+		// Field selectors are not honoured by every client (fakes).
+		if svcs.Items[i].Name == nn.Name {
+			svc = &svcs.Items[i]
+		}
+	}
+	if svc == nil {
+		return nil, nil, fmt.Errorf("%s: %w", nn, errServiceNotWatched)
+	}
+	req, err := labels.NewRequirement(discovery.LabelServiceName, selection.Equals, []string{nn.Name})
+	if err != nil {
+		return nil, nil, fmt.Errorf("selecting the slices of %s: %w", nn, err)
+	}
+	slices, err := d.client.DiscoveryV1().EndpointSlices(nn.Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: watched.Add(*req).String(),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing the EndpointSlices of %s: %w", nn, err)
+	}
+	return svc, slices.Items, nil
 }

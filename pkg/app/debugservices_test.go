@@ -11,9 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corelisters "k8s.io/client-go/listers/core/v1"
-	discoverylisters "k8s.io/client-go/listers/discovery/v1"
-	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/ptr"
 
@@ -22,6 +20,7 @@ import (
 	"github.com/iptproxy/iptproxy/pkg/metrics"
 	"github.com/iptproxy/iptproxy/pkg/options"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
+	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 )
 
@@ -51,17 +50,12 @@ func TestDebugServices(t *testing.T) {
 	if err := p.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	svcIdx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
-	sliceIdx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
-	if err := svcIdx.Add(svc); err != nil {
-		t.Fatal(err)
-	}
-	if err := sliceIdx.Add(slice); err != nil {
-		t.Fatal(err)
-	}
+	other := svc.DeepCopy()
+	other.Name, other.Labels = "other", map[string]string{proxy.LabelServiceProxyName: "elsewhere"}
+	client := fake.NewClientset(svc, slice, other)
 	s := metrics.NewServer("127.0.0.1:0", metrics.New())
 	sd := &servicesDebug{logger: logger, proxiers: []*proxier.Proxier{p}, configs: map[v1.IPFamily]rules.Config{v1.IPv4Protocol: cfg},
-		services: corelisters.NewServiceLister(svcIdx), slices: discoverylisters.NewEndpointSliceLister(sliceIdx)}
+		client: client}
 	if err := mountDebug(s, options.NewOptions(), []*proxier.Proxier{p}, sd); err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +74,7 @@ func TestDebugServices(t *testing.T) {
 		{"report", "/debug/services/ns/web?output=json", "127.0.0.1:4000", http.StatusOK},
 		{"text", "/debug/services/ns/web", "[::1]:4000", http.StatusOK},
 		{"missing Service", "/debug/services/ns/nope", "127.0.0.1:4000", http.StatusNotFound},
+		{"Service of another proxy", "/debug/services/ns/other", "127.0.0.1:4000", http.StatusNotFound},
 		{"not from loopback", "/debug/services/ns/web", "192.0.2.7:4000", http.StatusForbidden},
 	}
 	for _, tc := range tests {
