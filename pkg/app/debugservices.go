@@ -51,23 +51,29 @@ type loadedTables struct {
 	tables  *ruleset.Ruleset
 }
 
-// tables returns the node's tables for desired, loading them once per
-// sync. Callers must not modify them (tracing only reads).
-func (d *servicesDebug) tables(ctx context.Context, cfg rules.Config, desired *rules.Ruleset) (*ruleset.Ruleset, error) {
+// tables returns the desired ruleset of a proxier's last sync and the
+// node's tables built from it, rendering and loading them once per render
+// generation (nil, nil when it has not synced). Callers must not modify
+// them (tracing only reads).
+func (d *servicesDebug) tables(ctx context.Context, cfg rules.Config, p *proxier.Proxier) (*rules.Ruleset, *ruleset.Ruleset, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if l, ok := d.loaded[cfg.Family]; ok && l.desired == desired {
-		return l.tables, nil
+	if l, ok := d.loaded[cfg.Family]; ok && l.desired.Generation == p.Generation() {
+		return l.desired, l.tables, nil
+	}
+	desired := p.Desired()
+	if desired == nil {
+		return nil, nil, nil
 	}
 	t, err := explain.LoadRules(ctx, d.logger, desired.Payload(), cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if d.loaded == nil {
 		d.loaded = map[v1.IPFamily]loadedTables{}
 	}
 	d.loaded[cfg.Family] = loadedTables{desired: desired, tables: t}
-	return t, nil
+	return desired, t, nil
 }
 
 // ServeHTTP answers in text, or in JSON with ?output=json.
@@ -84,9 +90,16 @@ func (d *servicesDebug) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var models []*explain.Model
 	for _, p := range d.proxiers {
-		desired := p.Desired()
 		cfg, ok := d.configs[p.Family()]
-		if desired == nil || !ok {
+		if !ok {
+			continue
+		}
+		desired, tables, err := d.tables(r.Context(), cfg, p)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if desired == nil {
 			continue
 		}
 		tracker := proxy.NewTracker(d.logger, cfg.Family, cfg.NodeName)
@@ -95,11 +108,6 @@ func (d *servicesDebug) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			tracker.OnEndpointSliceUpdate(&slices[i], false)
 		}
 		state, _ := tracker.Checkout()
-		tables, err := d.tables(r.Context(), cfg, desired)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
 		models = append(models, &explain.Model{Config: cfg, State: state, Desired: desired, Tables: tables,
 			Node: trace.Node{LocalAddrs: cfg.NodeIPs}})
 	}

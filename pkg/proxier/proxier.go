@@ -117,6 +117,8 @@ type Proxier struct {
 	// state of the last sync.
 	syncMu sync.Mutex
 	state  *proxy.State
+	// generation is the renderer's generation after the last sync.
+	generation atomic.Uint64
 
 	// Owned by the sync loop.
 	renderer     *rules.Renderer
@@ -293,6 +295,10 @@ func (e *earlySaves) get(ctx context.Context, ipt iptables.Interface, t iptables
 	}
 	return ipt.Save(ctx, t)
 }
+
+// Generation returns the render generation of the last sync (0 before the
+// first): Desired's result changes only when it does.
+func (p *Proxier) Generation() uint64 { return p.generation.Load() }
 
 // ForceFullSync makes the next sync re-read the kernel and repair it.
 func (p *Proxier) ForceFullSync() {
@@ -499,6 +505,7 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 	}
 	rs := p.renderer.Render(state, changed)
 	p.state = state
+	p.generation.Store(rs.Generation)
 	report.Rendered = rs.Stats.Rendered
 	plan := planner.ComputeChunked(rs, p.applied, rules.IsServiceChain, p.maxRestoreLines())
 	report.RulesWritten = plan.Rules
