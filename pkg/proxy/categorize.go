@@ -93,12 +93,12 @@ func topologyMode(eps []*Endpoint, nodeName, zone string) string {
 			continue
 		}
 		hasReady = true
-		if len(e.NodeHints) == 0 {
+		if len(e.NodeHints()) == 0 {
 			allNodeHints = false
 		} else if e.HasNodeHint(nodeName) {
 			forNode = true
 		}
-		if len(e.ZoneHints) == 0 {
+		if len(e.ZoneHints()) == 0 {
 			allZoneHints = false
 		} else if e.HasZoneHint(zone) {
 			forZone = true

@@ -88,11 +88,11 @@ func reason(e *Endpoint, c Categorized, policyLocal bool, policy, nodeName, zone
 		switch c.TopologyMode {
 		case v1.ServiceTrafficDistributionPreferSameNode:
 			if !e.HasNodeHint(nodeName) {
-				return "topology: hinted for node " + strings.Join(e.NodeHints, ",") + ", not this node (" + nodeName + ")"
+				return "topology: hinted for node " + strings.Join(e.NodeHints(), ",") + ", not this node (" + nodeName + ")"
 			}
 		case v1.ServiceTrafficDistributionPreferSameZone:
 			if !e.HasZoneHint(zone) {
-				return "topology: hinted for zone " + strings.Join(e.ZoneHints, ",") + ", not this node's zone (" + orUnknown(zone) + ")"
+				return "topology: hinted for zone " + strings.Join(e.ZoneHints(), ",") + ", not this node's zone (" + orUnknown(zone) + ")"
 			}
 		}
 	}

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,7 +49,8 @@ type State struct {
 
 	servicePortNames map[types.NamespacedName][]ServicePortName
 	endpointPorts    map[types.NamespacedName][]ServicePortName
-	slices           map[types.NamespacedName]map[string]*sliceData
+	// slices holds, per Service, its EndpointSlices sorted by name.
+	slices map[types.NamespacedName][]sliceData
 }
 
 // Change describes what one Checkout folded in.
@@ -78,7 +81,7 @@ func NewTracker(logger klog.Logger, family v1.IPFamily, nodeName string) *Tracke
 			Endpoints:        map[ServicePortName][]*Endpoint{},
 			servicePortNames: map[types.NamespacedName][]ServicePortName{},
 			endpointPorts:    map[types.NamespacedName][]ServicePortName{},
-			slices:           map[types.NamespacedName]map[string]*sliceData{},
+			slices:           map[types.NamespacedName][]sliceData{},
 		},
 	}
 }
@@ -194,11 +197,17 @@ func (t *Tracker) Checkout() (*State, Change) {
 	touched := map[types.NamespacedName]bool{}
 	for key, slice := range slicesPending {
 		bySlice := s.slices[key.service]
+		i, found := slices.BinarySearchFunc(bySlice, key.name, func(d sliceData, name string) int { return strings.Compare(d.name, name) })
 		if slice == nil {
-			if _, ok := bySlice[key.name]; !ok {
+			if !found {
 				continue
 			}
-			delete(bySlice, key.name)
+			bySlice = slices.Delete(bySlice, i, i+1)
+			if len(bySlice) == 0 {
+				delete(s.slices, key.service)
+			} else {
+				s.slices[key.service] = bySlice
+			}
 			touched[key.service] = true
 			continue
 		}
@@ -206,18 +215,15 @@ func (t *Tracker) Checkout() (*State, Change) {
 		for _, err := range errs {
 			t.logger.Error(err, "Ignoring invalid part of EndpointSlice", "service", key.service)
 		}
-		if bySlice == nil {
-			bySlice = map[string]*sliceData{}
-			s.slices[key.service] = bySlice
+		if found {
+			bySlice[i] = d
+		} else {
+			s.slices[key.service] = slices.Insert(bySlice, i, d)
 		}
-		bySlice[key.name] = d
 		touched[key.service] = true
 	}
 	for nn := range touched {
 		merged := mergeSlices(nn, s.slices[nn])
-		if len(s.slices[nn]) == 0 {
-			delete(s.slices, nn)
-		}
 		if !t.endpointsChanged(nn, merged) {
 			continue
 		}
