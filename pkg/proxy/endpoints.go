@@ -121,13 +121,15 @@ func parseSlice(slice *discovery.EndpointSlice, family v1.IPFamily, nodeName str
 			Serving:     ep.Conditions.Serving == nil || *ep.Conditions.Serving,
 			Terminating: ep.Conditions.Terminating != nil && *ep.Conditions.Terminating,
 		}
+		var place Place
 		if ep.NodeName != nil {
-			e.NodeName = *ep.NodeName
-			e.IsLocal = nodeName != "" && e.NodeName == nodeName
+			place.NodeName = *ep.NodeName
+			e.IsLocal = nodeName != "" && place.NodeName == nodeName
 		}
 		if ep.Zone != nil {
-			e.Zone = *ep.Zone
+			place.Zone = *ep.Zone
 		}
+		e.SetPlace(place)
 		if ep.Hints != nil {
 			e.Hints = hints.get(ep.Hints)
 		}

@@ -82,7 +82,7 @@ func reason(e *Endpoint, c Categorized, policyLocal bool, policy, nodeName, zone
 	case !e.Ready:
 		return "not ready"
 	case policyLocal && !e.IsLocal:
-		return "on node " + orUnknown(e.NodeName) + ", not this node; " + policy + " is Local"
+		return "on node " + orUnknown(e.NodeName()) + ", not this node; " + policy + " is Local"
 	}
 	if !policyLocal {
 		switch c.TopologyMode {

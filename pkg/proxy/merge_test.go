@@ -72,8 +72,8 @@ func describe(eps []*Endpoint) []string {
 		case !e.Ready:
 			s += "/N"
 		}
-		if e.NodeName != "" {
-			s += "@" + e.NodeName
+		if e.NodeName() != "" {
+			s += "@" + e.NodeName()
 		}
 		out = append(out, s)
 	}
@@ -280,18 +280,33 @@ func TestCompareEndpointsIsStringOrder(t *testing.T) {
 	}
 }
 
-func TestSliceEndpointsShareHints(t *testing.T) {
-	s := sliceOf("a", []string{"http/80/TCP"}, "10.0.0.1", "10.0.0.2", "10.0.0.3")
+func TestSliceEndpointsSharePlaceAndHints(t *testing.T) {
+	s := sliceOf("a", []string{"http/80/TCP"}, "10.0.0.1@n1", "10.0.0.2@n1", "10.0.0.3@n2", "10.0.0.4")
 	for i, z := range []string{"z1", "z1", "z2"} {
+		s.Endpoints[i].Zone = ptr.To(z)
 		s.Endpoints[i].Hints = &discovery.EndpointHints{ForZones: []discovery.ForZone{{Name: z}}}
 	}
-	d, _ := parseSlice(s, v1.IPv4Protocol, "")
+	d, _ := parseSlice(s, v1.IPv4Protocol, "n2")
 	e := d.endpoints
-	if e[0].Hints != e[1].Hints || e[0].Hints == e[2].Hints {
-		t.Errorf("hints shared: %p %p %p; want the first two shared, the third its own", e[0].Hints, e[1].Hints, e[2].Hints)
+	if e[0].Hints != e[1].Hints || e[0].Hints == e[2].Hints || e[3].Hints != nil {
+		t.Errorf("hints shared: %p %p %p %p; want the first two shared, the third its own, none for the fourth", e[0].Hints, e[1].Hints, e[2].Hints, e[3].Hints)
 	}
-	if !e[2].HasZoneHint("z2") || e[2].HasZoneHint("z1") || e[0].HasNodeHint("n1") {
+	if !e[2].HasZoneHint("z2") || e[2].HasZoneHint("z1") || e[0].HasNodeHint("n1") || e[3].HasZoneHint("z1") {
 		t.Errorf("hints = %+v, %+v", *e[0].Hints, *e[2].Hints)
+	}
+	want := []Place{{NodeName: "n1", Zone: "z1"}, {NodeName: "n1", Zone: "z1"}, {NodeName: "n2", Zone: "z2"}, {}}
+	for i := range e {
+		if e[i].Place() != want[i] || e[i].NodeName() != want[i].NodeName || e[i].Zone() != want[i].Zone {
+			t.Errorf("endpoint %d runs at %+v (node %q, zone %q), want %+v", i, e[i].Place(), e[i].NodeName(), e[i].Zone(), want[i])
+		}
+		if e[i].IsLocal != (want[i].NodeName == "n2") {
+			t.Errorf("endpoint %d: IsLocal = %v", i, e[i].IsLocal)
+		}
+	}
+	other := Endpoint{IP: e[1].IP, Port: e[1].Port, Hints: &TopologyHints{ForZones: []string{"z1"}}, Ready: true, Serving: true}
+	other.SetPlace(Place{NodeName: "n1", Zone: "z1"})
+	if !other.Equal(&e[1]) || other.Equal(&e[2]) {
+		t.Error("Equal does not compare places by value")
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"unique"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -101,10 +102,9 @@ func (sp *ServicePort) Equal(o *ServicePort) bool {
 type Endpoint struct {
 	IP netip.Addr
 
-	// NodeName and Zone say where the endpoint runs (informational, and
-	// for explaining why an endpoint was left out).
-	NodeName string
-	Zone     string
+	// place says where the endpoint runs (see NodeName and Zone); one
+	// pointer, shared by every endpoint on the same node.
+	place unique.Handle[Place]
 
 	// Hints are the endpoint's topology hints; nil when the slice gave
 	// none. Endpoints of one slice with the same hints share them.
@@ -118,6 +118,37 @@ type Endpoint struct {
 	Ready       bool
 	Serving     bool
 	Terminating bool
+}
+
+// Place is where an endpoint runs: its node and zone, as the slice gave
+// them (empty when not given).
+type Place struct {
+	NodeName string
+	Zone     string
+}
+
+// NodeName is the node the endpoint runs on ("" when not given):
+// informational, and for explaining why an endpoint was left out.
+func (e *Endpoint) NodeName() string { return e.Place().NodeName }
+
+// Zone is the zone the endpoint runs in ("" when not given).
+func (e *Endpoint) Zone() string { return e.Place().Zone }
+
+// Place is where the endpoint runs.
+func (e *Endpoint) Place() Place {
+	if e.place == (unique.Handle[Place]{}) {
+		return Place{}
+	}
+	return e.place.Value()
+}
+
+// SetPlace records where the endpoint runs.
+func (e *Endpoint) SetPlace(p Place) {
+	if p == (Place{}) {
+		e.place = unique.Handle[Place]{}
+		return
+	}
+	e.place = unique.Make(p)
 }
 
 // TopologyHints are the zones and nodes an endpoint is hinted for, each
@@ -135,7 +166,7 @@ func (e *Endpoint) String() string {
 
 // Equal reports whether two endpoints would render the same rules.
 func (e *Endpoint) Equal(o *Endpoint) bool {
-	return e.IP == o.IP && e.Port == o.Port && e.NodeName == o.NodeName && e.Zone == o.Zone &&
+	return e.IP == o.IP && e.Port == o.Port && e.place == o.place &&
 		e.IsLocal == o.IsLocal && e.Ready == o.Ready && e.Serving == o.Serving &&
 		e.Terminating == o.Terminating && e.Hints.equal(o.Hints)
 }
