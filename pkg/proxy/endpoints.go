@@ -19,7 +19,7 @@ type sliceData struct {
 	name  string
 	ports []slicePort
 	// endpoints are the slice's endpoints in "ip:port" order, one per IP
-	// (duplicates resolved as across slices, see dedupSorted), with Port
+	// (duplicates resolved as across slices, see sortAndDedup), with Port
 	// set to ports[0]'s number (0 when the slice has no valid port). A
 	// Service port served at that number points into this block.
 	endpoints []Endpoint

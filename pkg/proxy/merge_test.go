@@ -160,11 +160,11 @@ func TestTrackerMergePaths(t *testing.T) {
 			if !maps.EqualFunc(got, tc.want, slices.Equal) {
 				t.Errorf("endpoints = %v\nwant        %v", got, tc.want)
 			}
-			if len(state.endpointPorts[mergeSvc]) != len(tc.want) {
-				t.Errorf("index lists %d ports, want %d", len(state.endpointPorts[mergeSvc]), len(tc.want))
+			if got := len(state.services[mergeSvc].endpointPorts); got != len(tc.want) {
+				t.Errorf("index lists %d ports, want %d", got, len(tc.want))
 			}
-			if len(tc.want) == 0 && len(state.slices) != 0 && len(state.slices[mergeSvc]) == 0 {
-				t.Errorf("an empty slice list is kept for the Service")
+			if _, kept := state.services[mergeSvc]; kept && len(state.services[mergeSvc].slices) == 0 {
+				t.Errorf("an empty entry is kept for the Service")
 			}
 		})
 	}
@@ -321,4 +321,58 @@ func rawEndpoints(s *discovery.EndpointSlice, family v1.IPFamily) []Endpoint {
 		out = append(out, d.endpoints...)
 	}
 	return out
+}
+
+func TestTrackerForgetsDeletedServices(t *testing.T) {
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: mergeSvc.Namespace, Name: mergeSvc.Name},
+		Spec:       v1.ServiceSpec{ClusterIP: "10.96.0.5", Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	}
+	http := []string{"http/8080/TCP"}
+	type event struct {
+		svc    *v1.Service // nil: delete the Service
+		slice  *discovery.EndpointSlice
+		remove bool
+	}
+	tests := []struct {
+		name                   string
+		events                 [][]event // one Checkout per inner list
+		ports, endpoints, kept int       // what the state holds at the end
+	}{
+		{"Service and slice", [][]event{{{svc: svc}, {slice: sliceOf("a", http, "10.0.0.1")}}}, 1, 1, 1},
+		{"Service deleted, slice stays", [][]event{{{svc: svc}, {slice: sliceOf("a", http, "10.0.0.1")}}, {{}}}, 0, 1, 1},
+		{"slice deleted, Service stays", [][]event{{{svc: svc}, {slice: sliceOf("a", http, "10.0.0.1")}}, {{slice: sliceOf("a", http), remove: true}}}, 1, 0, 1},
+		{"both deleted in one Checkout", [][]event{{{svc: svc}, {slice: sliceOf("a", http, "10.0.0.1")}}, {{}, {slice: sliceOf("a", http), remove: true}}}, 0, 0, 0},
+		{"both deleted one after the other", [][]event{{{svc: svc}, {slice: sliceOf("a", http, "10.0.0.1")}}, {{slice: sliceOf("a", http), remove: true}}, {{}}}, 0, 0, 0},
+		{"slice without endpoints kept until deleted", [][]event{{{slice: sliceOf("a", http)}}}, 0, 0, 1},
+		{"unknown slice deleted", [][]event{{{slice: sliceOf("a", http), remove: true}}}, 0, 0, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			logger, _ := ktesting.NewTestContext(t)
+			tr := NewTracker(logger, v1.IPv4Protocol, "n1")
+			var state *State
+			for _, batch := range tc.events {
+				for _, ev := range batch {
+					if ev.slice != nil {
+						tr.OnEndpointSliceUpdate(ev.slice, ev.remove)
+					} else if ev.svc != nil {
+						tr.OnServiceUpdate(nil, ev.svc)
+					} else {
+						tr.OnServiceUpdate(svc, nil)
+					}
+				}
+				state, _ = tr.Checkout()
+			}
+			if len(state.ServicePorts) != tc.ports || len(state.ServicePortNames(mergeSvc)) != tc.ports {
+				t.Errorf("%d Service ports (%d indexed), want %d", len(state.ServicePorts), len(state.ServicePortNames(mergeSvc)), tc.ports)
+			}
+			if len(state.Endpoints) != tc.endpoints {
+				t.Errorf("endpoints for %d ports, want %d", len(state.Endpoints), tc.endpoints)
+			}
+			if len(state.services) != tc.kept {
+				t.Errorf("%d Service entries kept, want %d", len(state.services), tc.kept)
+			}
+		})
+	}
 }
