@@ -106,3 +106,20 @@ func BenchmarkTrackerMemory10kx10(b *testing.B) {
 	b.ReportMetric(float64(retained)/(services*perSlice), "retained-B/endpoint")
 	b.ReportMetric(float64(initial.Milliseconds()), "first-checkout-ms")
 }
+
+// BenchmarkCategorize times Categorize for the common Service port: ten
+// ready endpoints, Cluster traffic policy, no topology hints (allocs/op is
+// the figure to watch: the renderer calls it for every port it renders).
+func BenchmarkCategorize(b *testing.B) {
+	eps := make([]*Endpoint, 10)
+	for i := range eps {
+		eps[i] = ep(fmt.Sprintf("10.0.0.%d", i+1))
+	}
+	sp := &ServicePort{}
+	b.ReportAllocs()
+	for b.Loop() {
+		if c := Categorize(eps, sp, "node-a", "zone-a"); len(c.Reachable) != len(eps) {
+			b.Fatalf("%d reachable endpoints, want %d", len(c.Reachable), len(eps))
+		}
+	}
+}
