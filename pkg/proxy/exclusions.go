@@ -116,5 +116,5 @@ func set(eps []*Endpoint) map[*Endpoint]bool {
 
 // SortExclusions orders exclusions by endpoint, for stable output.
 func SortExclusions(ex []Exclusion) {
-	slices.SortStableFunc(ex, func(a, b Exclusion) int { return strings.Compare(a.Endpoint.String(), b.Endpoint.String()) })
+	slices.SortStableFunc(ex, func(a, b Exclusion) int { return compareEndpoints(a.Endpoint, b.Endpoint) })
 }
