@@ -53,6 +53,12 @@ func SliceFamily(slice *discovery.EndpointSlice) (v1.IPFamily, bool) {
 	return "", false
 }
 
+// equal reports whether d and o hold the same ports and endpoints.
+func (d *sliceData) equal(o *sliceData) bool {
+	return d.name == o.name && slices.Equal(d.ports, o.ports) &&
+		slices.EqualFunc(d.endpoints, o.endpoints, func(a, b Endpoint) bool { return a.Equal(&b) })
+}
+
 // parseSlice converts an EndpointSlice of the given family. Bad endpoints
 // and ports are left out and described in the returned errors.
 func parseSlice(slice *discovery.EndpointSlice, family v1.IPFamily, nodeName string) (sliceData, []error) {

@@ -376,3 +376,59 @@ func TestTrackerForgetsDeletedServices(t *testing.T) {
 		})
 	}
 }
+
+// TestTrackerKeepsOneBlockPerSlice checks that after any update the
+// endpoints of a one-slice Service point into the block the tracker keeps
+// for the slice, so no replaced block stays alive behind them.
+func TestTrackerKeepsOneBlockPerSlice(t *testing.T) {
+	twoPorts := sliceOf("a", []string{"http/80/TCP", "dns/53/UDP"}, "10.0.0.1", "10.0.0.2")
+	reordered := sliceOf("a", []string{"dns/53/UDP", "http/80/TCP"}, "10.0.0.2", "10.0.0.1")
+	relabelled := twoPorts.DeepCopy()
+	relabelled.Annotations = map[string]string{"x": "y"}
+	moved := sliceOf("a", []string{"http/80/TCP", "dns/53/UDP"}, "10.0.0.1", "10.0.0.3")
+	tests := []struct {
+		name        string
+		update      *discovery.EndpointSlice
+		wantChanged bool
+		// wantKept: the update is a no-op, the old block is kept as is.
+		wantKept bool
+	}{
+		{"same slice again (resync)", twoPorts, false, true},
+		{"unused field changed", relabelled, false, true},
+		{"ports and endpoints reordered", reordered, false, false},
+		{"endpoint moved", moved, true, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			logger, _ := ktesting.NewTestContext(t)
+			tr := NewTracker(logger, v1.IPv4Protocol, "n1")
+			tr.OnEndpointSliceUpdate(twoPorts, false)
+			state, _ := tr.Checkout()
+			old := &state.services[mergeSvc].slices[0].endpoints[0]
+			tr.OnEndpointSliceUpdate(tc.update, false)
+			state, ch := tr.Checkout()
+			if ch.Services[mergeSvc] != tc.wantChanged {
+				t.Errorf("change reported = %v, want %v", ch.Services[mergeSvc], tc.wantChanged)
+			}
+			block := state.services[mergeSvc].slices[0].endpoints
+			if kept := &block[0] == old; kept != tc.wantKept {
+				t.Errorf("old block kept = %v, want %v", kept, tc.wantKept)
+			}
+			inBlock := func(e *Endpoint) bool {
+				for i := range block {
+					if e == &block[i] {
+						return true
+					}
+				}
+				return false
+			}
+			for spn, eps := range state.Endpoints {
+				for _, e := range eps {
+					if e.Port == block[0].Port && !inBlock(e) {
+						t.Errorf("%s: endpoint %s is not in the slice's block", spn, e)
+					}
+				}
+			}
+		})
+	}
+}

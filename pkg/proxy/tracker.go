@@ -234,6 +234,9 @@ func (t *Tracker) Checkout() (*State, Change) {
 			t.logger.Error(err, "Ignoring invalid part of EndpointSlice", "service", key.service)
 		}
 		if found {
+			if entry.slices[i].equal(&d) {
+				continue // a resync or a change to fields iptproxy does not use
+			}
 			entry.slices[i] = d
 		} else {
 			entry.slices = slices.Insert(entry.slices, i, d)
@@ -245,6 +248,12 @@ func (t *Tracker) Checkout() (*State, Change) {
 		entry := s.services[nn]
 		merged := mergeSlices(nn, entry.slices)
 		if !t.endpointsChanged(nn, merged) {
+			// Same endpoints, new storage (a slice's ports were
+			// reordered, say): point at the new blocks anyway so the
+			// old ones, which no slice holds any more, can go.
+			for spn, eps := range merged {
+				s.Endpoints[spn] = eps
+			}
 			continue
 		}
 		remember(nn)
