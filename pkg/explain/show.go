@@ -227,7 +227,7 @@ func showPort(m *Model, sp *proxy.ServicePort, eps []*proxy.Endpoint) (*PortRepo
 		if !ok {
 			continue
 		}
-		pr.Endpoints = append(pr.Endpoints, EndpointUse{Address: ep.String(), Node: ep.NodeName, Zone: ep.Zone, Local: ep.IsLocal, Probability: p})
+		pr.Endpoints = append(pr.Endpoints, EndpointUse{Address: ep.String(), Node: ep.NodeName(), Zone: ep.Zone(), Local: ep.IsLocal, Probability: p})
 		delete(prob, ep.String())
 	}
 	// Destinations that are no endpoint of the Service (should not happen,
@@ -243,7 +243,7 @@ func showPort(m *Model, sp *proxy.ServicePort, eps []*proxy.Endpoint) (*PortRepo
 	ex := proxy.Exclusions(eps, sp, cfg.NodeName, cfg.Zone)
 	proxy.SortExclusions(ex)
 	for _, x := range ex {
-		pr.LeftOut = append(pr.LeftOut, LeftOut{Address: x.Endpoint.String(), Node: x.Endpoint.NodeName, Scope: x.Scope, Reason: x.Reason})
+		pr.LeftOut = append(pr.LeftOut, LeftOut{Address: x.Endpoint.String(), Node: x.Endpoint.NodeName(), Scope: x.Scope, Reason: x.Reason})
 	}
 	return pr, nil
 }

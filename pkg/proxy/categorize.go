@@ -6,7 +6,8 @@ import v1 "k8s.io/api/core/v1"
 const LabelTopologyZone = v1.LabelTopologyZone
 
 // Categorized is the result of choosing which endpoints a Service port uses
-// on this node, as kube-proxy's CategorizeEndpoints does.
+// on this node, as kube-proxy's CategorizeEndpoints does. Its lists may
+// share the storage of the endpoints given to Categorize: read-only.
 type Categorized struct {
 	// Cluster are the endpoints for "Cluster" traffic policy (after
 	// topology filtering and the terminating fallback).
@@ -93,12 +94,12 @@ func topologyMode(eps []*Endpoint, nodeName, zone string) string {
 			continue
 		}
 		hasReady = true
-		if len(e.NodeHints) == 0 {
+		if len(e.NodeHints()) == 0 {
 			allNodeHints = false
 		} else if e.HasNodeHint(nodeName) {
 			forNode = true
 		}
-		if len(e.ZoneHints) == 0 {
+		if len(e.ZoneHints()) == 0 {
 			allZoneHints = false
 		} else if e.HasZoneHint(zone) {
 			forZone = true
@@ -127,12 +128,22 @@ func availableForTopology(e *Endpoint, mode, nodeName, zone string) bool {
 	return false
 }
 
+// filter returns the endpoints of eps that keep accepts, in order: eps
+// itself when it accepts them all (the common case: no allocation), else a
+// new slice.
 func filter(eps []*Endpoint, keep func(*Endpoint) bool) []*Endpoint {
-	out := make([]*Endpoint, 0, len(eps))
-	for _, e := range eps {
+	for i, e := range eps {
 		if keep(e) {
-			out = append(out, e)
+			continue
 		}
+		out := make([]*Endpoint, i, len(eps)-1)
+		copy(out, eps[:i])
+		for _, e := range eps[i+1:] {
+			if keep(e) {
+				out = append(out, e)
+			}
+		}
+		return out
 	}
-	return out
+	return eps
 }

@@ -82,17 +82,17 @@ func reason(e *Endpoint, c Categorized, policyLocal bool, policy, nodeName, zone
 	case !e.Ready:
 		return "not ready"
 	case policyLocal && !e.IsLocal:
-		return "on node " + orUnknown(e.NodeName) + ", not this node; " + policy + " is Local"
+		return "on node " + orUnknown(e.NodeName()) + ", not this node; " + policy + " is Local"
 	}
 	if !policyLocal {
 		switch c.TopologyMode {
 		case v1.ServiceTrafficDistributionPreferSameNode:
 			if !e.HasNodeHint(nodeName) {
-				return "topology: hinted for node " + strings.Join(e.NodeHints, ",") + ", not this node (" + nodeName + ")"
+				return "topology: hinted for node " + strings.Join(e.NodeHints(), ",") + ", not this node (" + nodeName + ")"
 			}
 		case v1.ServiceTrafficDistributionPreferSameZone:
 			if !e.HasZoneHint(zone) {
-				return "topology: hinted for zone " + strings.Join(e.ZoneHints, ",") + ", not this node's zone (" + orUnknown(zone) + ")"
+				return "topology: hinted for zone " + strings.Join(e.ZoneHints(), ",") + ", not this node's zone (" + orUnknown(zone) + ")"
 			}
 		}
 	}
@@ -116,5 +116,5 @@ func set(eps []*Endpoint) map[*Endpoint]bool {
 
 // SortExclusions orders exclusions by endpoint, for stable output.
 func SortExclusions(ex []Exclusion) {
-	slices.SortStableFunc(ex, func(a, b Exclusion) int { return strings.Compare(a.Endpoint.String(), b.Endpoint.String()) })
+	slices.SortStableFunc(ex, func(a, b Exclusion) int { return compareEndpoints(a.Endpoint, b.Endpoint) })
 }

@@ -7,7 +7,7 @@ func TestExclusions(t *testing.T) {
 	itpLocal := &ServicePort{InternalPolicyLocal: true}
 	etpLocal := &ServicePort{ExternalPolicyLocal: true, NodePort: 30000}
 	bothLocal := &ServicePort{InternalPolicyLocal: true, ExternalPolicyLocal: true, NodePort: 30000}
-	onNode := func(n string) func(*Endpoint) { return func(e *Endpoint) { e.NodeName = n } }
+	onNode := func(n string) func(*Endpoint) { return func(e *Endpoint) { e.SetPlace(Place{NodeName: n}) } }
 	type want struct{ scope, reason string }
 	tests := []struct {
 		name string

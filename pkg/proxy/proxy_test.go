@@ -26,7 +26,7 @@ func notReady(e *Endpoint)    { e.Ready = false }
 func terminating(e *Endpoint) { e.Ready, e.Serving, e.Terminating = false, true, true }
 func notServing(e *Endpoint)  { e.Ready, e.Serving, e.Terminating = false, false, true }
 func zone(z string) func(*Endpoint) {
-	return func(e *Endpoint) { e.ZoneHints = []string{z} }
+	return func(e *Endpoint) { e.Hints = &TopologyHints{ForZones: []string{z}} }
 }
 
 func ips(eps []*Endpoint) []string {

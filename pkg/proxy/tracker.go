@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,9 +47,28 @@ type State struct {
 	// It may hold ports no Service has (slices arrive before Services).
 	Endpoints map[ServicePortName][]*Endpoint
 
-	servicePortNames map[types.NamespacedName][]ServicePortName
-	endpointPorts    map[types.NamespacedName][]ServicePortName
-	slices           map[types.NamespacedName]map[string]*sliceData
+	// services indexes the above per Service, and holds its slices.
+	services map[types.NamespacedName]serviceEntry
+}
+
+// serviceEntry is what the state keeps per Service, in one map entry.
+type serviceEntry struct {
+	// portNames are the Service's ports in ServicePorts.
+	portNames []ServicePortName
+	// endpointPorts are its ports in Endpoints.
+	endpointPorts []ServicePortName
+	// slices are its EndpointSlices, sorted by name.
+	slices []sliceData
+}
+
+// setEntry stores e as Service nn's entry, or drops the entry when e is
+// empty.
+func (s *State) setEntry(nn types.NamespacedName, e serviceEntry) {
+	if len(e.portNames) == 0 && len(e.endpointPorts) == 0 && len(e.slices) == 0 {
+		delete(s.services, nn)
+		return
+	}
+	s.services[nn] = e
 }
 
 // Change describes what one Checkout folded in.
@@ -74,11 +95,9 @@ func NewTracker(logger klog.Logger, family v1.IPFamily, nodeName string) *Tracke
 		pendingSlices:   map[sliceKey]*discovery.EndpointSlice{},
 		triggerTimes:    map[types.NamespacedName][]time.Time{},
 		state: &State{
-			ServicePorts:     map[ServicePortName]*ServicePort{},
-			Endpoints:        map[ServicePortName][]*Endpoint{},
-			servicePortNames: map[types.NamespacedName][]ServicePortName{},
-			endpointPorts:    map[types.NamespacedName][]ServicePortName{},
-			slices:           map[types.NamespacedName]map[string]*sliceData{},
+			ServicePorts: map[ServicePortName]*ServicePort{},
+			Endpoints:    map[ServicePortName][]*Endpoint{},
+			services:     map[types.NamespacedName]serviceEntry{},
 		},
 	}
 }
@@ -167,10 +186,11 @@ func (t *Tracker) Checkout() (*State, Change) {
 			return
 		}
 		ch.Services[nn] = true
-		for _, spn := range s.servicePortNames[nn] {
+		entry := s.services[nn]
+		for _, spn := range entry.portNames {
 			ch.PreviousPorts[spn] = s.ServicePorts[spn]
 		}
-		for _, spn := range s.endpointPorts[nn] {
+		for _, spn := range entry.endpointPorts {
 			ch.PreviousEndpoints[spn] = s.Endpoints[spn]
 		}
 	}
@@ -188,17 +208,24 @@ func (t *Tracker) Checkout() (*State, Change) {
 			continue
 		}
 		remember(nn)
-		replaceService(s.ServicePorts, s.servicePortNames, nn, ports)
+		entry := s.services[nn]
+		entry.portNames = replaceService(s.ServicePorts, entry.portNames, ports)
+		s.setEntry(nn, entry)
 	}
 
 	touched := map[types.NamespacedName]bool{}
 	for key, slice := range slicesPending {
-		bySlice := s.slices[key.service]
+		entry := s.services[key.service]
+		i, found := slices.BinarySearchFunc(entry.slices, key.name, func(d sliceData, name string) int { return strings.Compare(d.name, name) })
 		if slice == nil {
-			if _, ok := bySlice[key.name]; !ok {
+			if !found {
 				continue
 			}
-			delete(bySlice, key.name)
+			entry.slices = slices.Delete(entry.slices, i, i+1)
+			if len(entry.slices) == 0 {
+				entry.slices = nil
+			}
+			s.setEntry(key.service, entry)
 			touched[key.service] = true
 			continue
 		}
@@ -206,30 +233,39 @@ func (t *Tracker) Checkout() (*State, Change) {
 		for _, err := range errs {
 			t.logger.Error(err, "Ignoring invalid part of EndpointSlice", "service", key.service)
 		}
-		if bySlice == nil {
-			bySlice = map[string]*sliceData{}
-			s.slices[key.service] = bySlice
+		if found {
+			if entry.slices[i].equal(&d) {
+				continue // a resync or a change to fields iptproxy does not use
+			}
+			entry.slices[i] = d
+		} else {
+			entry.slices = slices.Insert(entry.slices, i, d)
+			s.setEntry(key.service, entry)
 		}
-		bySlice[key.name] = d
 		touched[key.service] = true
 	}
 	for nn := range touched {
-		merged := mergeSlices(nn, s.slices[nn])
-		if len(s.slices[nn]) == 0 {
-			delete(s.slices, nn)
-		}
+		entry := s.services[nn]
+		merged := mergeSlices(nn, entry.slices)
 		if !t.endpointsChanged(nn, merged) {
+			// Same endpoints, new storage (a slice's ports were
+			// reordered, say): point at the new blocks anyway so the
+			// old ones, which no slice holds any more, can go.
+			for spn, eps := range merged {
+				s.Endpoints[spn] = eps
+			}
 			continue
 		}
 		remember(nn)
-		replaceService(s.Endpoints, s.endpointPorts, nn, merged)
+		entry.endpointPorts = replaceService(s.Endpoints, entry.endpointPorts, merged)
+		s.setEntry(nn, entry)
 	}
 	return s, ch
 }
 
 func (t *Tracker) servicePortsChanged(nn types.NamespacedName, ports map[ServicePortName]*ServicePort) bool {
 	s := t.state
-	old := s.servicePortNames[nn]
+	old := s.services[nn].portNames
 	if len(old) != len(ports) {
 		return true
 	}
@@ -243,7 +279,7 @@ func (t *Tracker) servicePortsChanged(nn types.NamespacedName, ports map[Service
 
 func (t *Tracker) endpointsChanged(nn types.NamespacedName, merged map[ServicePortName][]*Endpoint) bool {
 	s := t.state
-	old := s.endpointPorts[nn]
+	old := s.services[nn].endpointPorts
 	if len(old) != len(merged) {
 		return true
 	}
@@ -263,7 +299,7 @@ func (t *Tracker) endpointsChanged(nn types.NamespacedName, merged map[ServicePo
 
 // ServicePortNames returns the ports of Service nn in the state.
 func (s *State) ServicePortNames(nn types.NamespacedName) []ServicePortName {
-	return s.servicePortNames[nn]
+	return s.services[nn].portNames
 }
 
 // EndpointCount returns the number of endpoints across all served ports.
@@ -275,21 +311,19 @@ func (s *State) EndpointCount() int {
 	return n
 }
 
-// replaceService replaces Service nn's entries in byPort (ServicePorts or
-// Endpoints) with values, keeping index (nn -> its port names) in step.
-func replaceService[V any](byPort map[ServicePortName]V, index map[types.NamespacedName][]ServicePortName,
-	nn types.NamespacedName, values map[ServicePortName]V) {
-	for _, spn := range index[nn] {
+// replaceService replaces a Service's entries in byPort (ServicePorts or
+// Endpoints), listed in old, with values; it returns the new list.
+func replaceService[V any](byPort map[ServicePortName]V, old []ServicePortName, values map[ServicePortName]V) []ServicePortName {
+	for _, spn := range old {
 		delete(byPort, spn)
 	}
-	delete(index, nn)
 	if len(values) == 0 {
-		return
+		return nil
 	}
 	names := make([]ServicePortName, 0, len(values))
 	for spn, v := range values {
 		byPort[spn] = v
 		names = append(names, spn)
 	}
-	index[nn] = names
+	return names
 }

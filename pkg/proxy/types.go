@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"unique"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -96,15 +97,20 @@ func (sp *ServicePort) Equal(o *ServicePort) bool {
 		sp.StickyMaxAgeSeconds == o.StickyMaxAgeSeconds
 }
 
-// Endpoint is one backend of one Service port.
+// Endpoint is one backend of one Service port. The tracker shares
+// Endpoints between syncs: treat them as read-only.
 type Endpoint struct {
-	IP   netip.Addr
-	Port int
+	IP netip.Addr
 
-	// NodeName and Zone say where the endpoint runs (informational, and
-	// for explaining why an endpoint was left out).
-	NodeName string
-	Zone     string
+	// place says where the endpoint runs (see NodeName and Zone); one
+	// pointer, shared by every endpoint on the same node.
+	place unique.Handle[Place]
+
+	// Hints are the endpoint's topology hints; nil when the slice gave
+	// none. Endpoints of one slice with the same hints share them.
+	Hints *TopologyHints
+
+	Port uint16
 
 	// IsLocal is true when the endpoint runs on this node.
 	IsLocal bool
@@ -112,32 +118,87 @@ type Endpoint struct {
 	Ready       bool
 	Serving     bool
 	Terminating bool
+}
 
-	// ZoneHints and NodeHints are the topology hints, sorted; nil when the
-	// slice gave none.
-	ZoneHints []string
-	NodeHints []string
+// Place is where an endpoint runs: its node and zone, as the slice gave
+// them (empty when not given).
+type Place struct {
+	NodeName string
+	Zone     string
+}
+
+// NodeName is the node the endpoint runs on ("" when not given):
+// informational, and for explaining why an endpoint was left out.
+func (e *Endpoint) NodeName() string { return e.Place().NodeName }
+
+// Zone is the zone the endpoint runs in ("" when not given).
+func (e *Endpoint) Zone() string { return e.Place().Zone }
+
+// Place is where the endpoint runs.
+func (e *Endpoint) Place() Place {
+	if e.place == (unique.Handle[Place]{}) {
+		return Place{}
+	}
+	return e.place.Value()
+}
+
+// SetPlace records where the endpoint runs.
+func (e *Endpoint) SetPlace(p Place) {
+	if p == (Place{}) {
+		e.place = unique.Handle[Place]{}
+		return
+	}
+	e.place = unique.Make(p)
+}
+
+// TopologyHints are the zones and nodes an endpoint is hinted for, each
+// list sorted.
+type TopologyHints struct {
+	ForZones []string
+	ForNodes []string
 }
 
 // String renders the endpoint as "ip:port" ("[ip]:port" for IPv6), the form
 // DNAT takes and endpoint chain names are hashed from.
 func (e *Endpoint) String() string {
-	return netip.AddrPortFrom(e.IP, uint16(e.Port)).String()
+	return netip.AddrPortFrom(e.IP, e.Port).String()
 }
 
 // Equal reports whether two endpoints would render the same rules.
 func (e *Endpoint) Equal(o *Endpoint) bool {
-	return e.IP == o.IP && e.Port == o.Port && e.NodeName == o.NodeName && e.Zone == o.Zone &&
+	return e.IP == o.IP && e.Port == o.Port && e.place == o.place &&
 		e.IsLocal == o.IsLocal && e.Ready == o.Ready && e.Serving == o.Serving &&
-		e.Terminating == o.Terminating && slices.Equal(e.ZoneHints, o.ZoneHints) &&
-		slices.Equal(e.NodeHints, o.NodeHints)
+		e.Terminating == o.Terminating && e.Hints.equal(o.Hints)
+}
+
+// ZoneHints returns the zones the endpoint is hinted for (nil when none).
+func (e *Endpoint) ZoneHints() []string {
+	if e.Hints == nil {
+		return nil
+	}
+	return e.Hints.ForZones
+}
+
+// NodeHints returns the nodes the endpoint is hinted for (nil when none).
+func (e *Endpoint) NodeHints() []string {
+	if e.Hints == nil {
+		return nil
+	}
+	return e.Hints.ForNodes
 }
 
 // HasZoneHint reports whether zone is among the endpoint's zone hints.
-func (e *Endpoint) HasZoneHint(zone string) bool { return slices.Contains(e.ZoneHints, zone) }
+func (e *Endpoint) HasZoneHint(zone string) bool { return slices.Contains(e.ZoneHints(), zone) }
 
 // HasNodeHint reports whether node is among the endpoint's node hints.
-func (e *Endpoint) HasNodeHint(node string) bool { return slices.Contains(e.NodeHints, node) }
+func (e *Endpoint) HasNodeHint(node string) bool { return slices.Contains(e.NodeHints(), node) }
+
+func (h *TopologyHints) equal(o *TopologyHints) bool {
+	if h == nil || o == nil {
+		return h == o
+	}
+	return h == o || (slices.Equal(h.ForZones, o.ForZones) && slices.Equal(h.ForNodes, o.ForNodes))
+}
 
 // portString is strconv.Itoa for ports, kept here so callers read clearly.
 func portString(p int) string { return strconv.Itoa(p) }
