@@ -21,12 +21,14 @@ import (
 // slices deleted) to a proxier that syncs after each round, and checks
 // after every round that the tables it left are exactly those a fresh
 // proxier writes for the same objects in one sync, and that the syncs after
-// the first were planned from the renderer's delta alone.
+// the first were planned from the renderer's delta alone, except those
+// that crossed kube-proxy's large-cluster threshold (1,000 endpoints; the
+// cluster starts just over it), which render everything.
 func TestIncrementalSyncsMatchScratch(t *testing.T) {
 	for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
 		t.Run(string(fam), func(t *testing.T) {
 			ctx := context.Background()
-			c := scaleCluster{family: fam, n: 400, eps: 2}
+			c := scaleCluster{family: fam, n: 505, eps: 2}
 			p, ipt := c.fakeProxier(t)
 			if err := p.Sync(ctx); err != nil {
 				t.Fatalf("first sync: %v", err)
@@ -37,7 +39,8 @@ func TestIncrementalSyncsMatchScratch(t *testing.T) {
 				services[i], slices[i] = c.service(i), c.slice(i)
 			}
 			rng := rand.New(rand.NewPCG(1, uint64(len(fam))))
-			incremental := 0
+			incremental, crossings := 0, 0
+			large := p.LastSync().LargeClusterMode
 			const rounds = 40
 			for round := range rounds {
 				for range 1 + rng.IntN(8) {
@@ -46,9 +49,12 @@ func TestIncrementalSyncsMatchScratch(t *testing.T) {
 				if err := p.Sync(ctx); err != nil {
 					t.Fatalf("round %d: sync: %v", round, err)
 				}
-				if p.LastSync().Incremental {
+				if r := p.LastSync(); r.Incremental {
 					incremental++
+				} else if r.LargeClusterMode != large {
+					crossings++
 				}
+				large = p.LastSync().LargeClusterMode
 				want := scratchTables(t, c, services, slices)
 				for _, table := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
 					got := tableChains(t, ipt, table)
@@ -57,8 +63,11 @@ func TestIncrementalSyncsMatchScratch(t *testing.T) {
 					}
 				}
 			}
-			if incremental < rounds-1 {
-				t.Errorf("%d of %d syncs were planned from the delta; want at least %d", incremental, rounds, rounds-1)
+			if crossings == 0 {
+				t.Errorf("no sync crossed the large-cluster threshold")
+			}
+			if incremental+crossings != rounds {
+				t.Errorf("%d of %d syncs were planned from the delta and %d crossed the large-cluster threshold; want all the others from the delta", incremental, rounds, crossings)
 			}
 		})
 	}

@@ -93,8 +93,11 @@ type SyncReport struct {
 	// Incremental is true when the sync was planned from what changed
 	// since the last one alone (see rules.Delta), without comparing every
 	// chain.
-	Incremental bool   `json:"incremental"`
-	Error       string `json:"error,omitempty"`
+	Incremental bool `json:"incremental"`
+	// LargeClusterMode is true when the rules left per-endpoint comments
+	// out (more than 1,000 endpoints, as kube-proxy).
+	LargeClusterMode bool   `json:"largeClusterMode"`
+	Error            string `json:"error,omitempty"`
 }
 
 // Proxier programs one IP family. Create it with New, feed it events with
@@ -507,6 +510,7 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 	p.state = state
 	p.generation.Store(rs.Generation)
 	report.Rendered = rs.Stats.Rendered
+	report.LargeClusterMode = rs.Stats.LargeClusterMode
 	plan := planner.ComputeChunked(rs, p.applied, rules.IsServiceChain, p.maxRestoreLines())
 	report.RulesWritten = plan.Rules
 	report.Incremental = plan.Incremental

@@ -171,6 +171,27 @@ type Renderer struct {
 	// scratch has filled the cache (and after SetConfig).
 	generation uint64
 	valid      bool
+	// endpoints is the number of endpoints of the cached ports.
+	endpoints int
+}
+
+// endpointCount returns the number of endpoints of state's Service ports:
+// from the cache and the changed ports when the cache is valid, else by
+// counting them all.
+func (r *Renderer) endpointCount(state *proxy.State, changed map[proxy.ServicePortName]bool) int {
+	if !r.valid || changed == nil {
+		return state.EndpointCount()
+	}
+	n := r.endpoints
+	for spn := range changed {
+		if cp := r.cache[spn]; cp != nil {
+			n -= cp.endpoints
+		}
+		if _, ok := state.ServicePorts[spn]; ok {
+			n += len(state.Endpoints[spn])
+		}
+	}
+	return n
 }
 
 // NewRenderer returns a renderer for cfg.
@@ -224,7 +245,7 @@ func (r *Renderer) newCachedPort(spn proxy.ServicePortName, sortKey string, stat
 // and a cache from an earlier render, the result carries a Delta and holds
 // only the chains that may have changed.
 func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]bool) *Ruleset {
-	large := state.EndpointCount() > largeClusterEndpointsThreshold
+	large := r.endpointCount(state, changed) > largeClusterEndpointsThreshold
 	scratch := changed == nil || large != r.large || !r.valid
 	r.large = large
 	r.generation++
@@ -242,6 +263,7 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		rs.Stats.Rendered, svcChains = r.fill(state)
 	}
 
+	defer func() { r.endpoints = rs.Stats.Endpoints }()
 	for _, cp := range r.order {
 		rs.Stats.Endpoints += cp.endpoints
 		rs.Stats.NATRules += cp.rules
