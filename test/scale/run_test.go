@@ -378,6 +378,12 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 	}
 	waitLogged(restores, start, time.Minute)
 	settle(restores, 3*time.Second, time.Minute)
+	if spec.proxy == proxyIPTProxy {
+		if began, took, ok := FirstFullSync(d.Log(), start.Year(), time.Local); ok {
+			note("restart: the first sync began %v after the start (flags, client, RBAC check, the lists of Services and EndpointSlices) and took %v",
+				began.Sub(start).Round(time.Millisecond), took.Round(time.Millisecond))
+		}
+	}
 	b, n = Written(restores(), false, start, time.Now())
 	res.restartBytes = Bytes(b)
 	note("restart wrote %d bytes in %d restores until settled", b, n)
