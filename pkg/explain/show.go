@@ -106,7 +106,7 @@ func ShowService(models []*Model, nn types.NamespacedName) (*ServiceReport, erro
 	r := &ServiceReport{Service: nn.String()}
 	for _, m := range models {
 		r.Node = m.Config.NodeName
-		names := m.State.ServicePortNames(nn)
+		names := slices.Clone(m.State.ServicePortNames(nn)) // the state's own index: never sort it in place
 		slices.SortFunc(names, func(a, b proxy.ServicePortName) int {
 			return cmp.Or(cmp.Compare(a.Port, b.Port), cmp.Compare(a.Protocol, b.Protocol))
 		})

@@ -297,7 +297,8 @@ func (t *Tracker) endpointsChanged(nn types.NamespacedName, merged map[ServicePo
 	return false
 }
 
-// ServicePortNames returns the ports of Service nn in the state.
+// ServicePortNames returns the ports of Service nn in the state: the
+// state's own index, which callers must not modify.
 func (s *State) ServicePortNames(nn types.NamespacedName) []ServicePortName {
 	return s.services[nn].portNames
 }
