@@ -14,13 +14,13 @@ var (
 	syncedElapsed = regexp.MustCompile(`elapsed="([^"]+)"`)
 )
 
-// FirstFullSync finds iptproxy's first "Synced rules" line with full=true
-// in a daemon log and returns when the sync began (its log time minus its
+// FirstFullSync finds iptproxy's first IPv4 "Synced rules" line with
+// full=true in a daemon log and returns when the sync began (its log time minus its
 // elapsed time) and how long it took. year and loc complete klog's
 // timestamps, which carry neither; ok is false when no such line parses.
 func FirstFullSync(log string, year int, loc *time.Location) (began time.Time, took time.Duration, ok bool) {
 	for line := range strings.SplitSeq(log, "\n") {
-		if !strings.Contains(line, "Synced rules") || !strings.Contains(line, "full=true") {
+		if !strings.Contains(line, "Synced rules") || !strings.Contains(line, "full=true") || !strings.Contains(line, `ipFamily="IPv4"`) {
 			continue
 		}
 		m := klogTime.FindStringSubmatch(line)

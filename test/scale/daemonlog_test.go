@@ -8,6 +8,7 @@ import (
 func TestFirstFullSync(t *testing.T) {
 	log := `I1122 20:35:31.000000 1 app.go:153] "Using iptables proxier"
 I1122 20:35:33.500000 1 proxier.go:450] "Synced rules" ipFamily="IPv4" full=false elapsed="1s"
+I1122 20:35:33.600000 1 proxier.go:450] "Synced rules" ipFamily="IPv6" full=true elapsed="11ms"
 I1122 20:35:34.750000 1 proxier.go:450] "Synced rules" ipFamily="IPv4" full=true elapsed="1.25s" changedServices=7
 I1122 20:35:36.000000 1 proxier.go:450] "Synced rules" ipFamily="IPv4" full=true elapsed="2s"
 `
