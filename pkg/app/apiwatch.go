@@ -40,26 +40,12 @@ func newAPIWatch(logger klog.Logger, client kubernetes.Interface, handlers []Eve
 		services: newStubStore(logger, serviceSink{handlers: handlers}),
 		slices:   newStubStore(logger, sliceSink{handlers: handlers}),
 	}
-	svcLW := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.LabelSelector = sel
-			return client.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.LabelSelector = sel
-			return client.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
-		},
-	}, client)
-	sliceLW := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.LabelSelector = sel
-			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.LabelSelector = sel
-			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch(ctx, o)
-		},
-	}, client)
+	svcLW := selectedListWatch(client, sel,
+		client.CoreV1().Services(metav1.NamespaceAll).List,
+		client.CoreV1().Services(metav1.NamespaceAll).Watch)
+	sliceLW := selectedListWatch(client, sel,
+		client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List,
+		client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch)
 	// No resync period: a resync redelivers objects already delivered,
 	// which the handlers would ignore anyway.
 	w.reflectors = []*cache.Reflector{
@@ -67,6 +53,23 @@ func newAPIWatch(logger klog.Logger, client kubernetes.Interface, handlers []Eve
 		cache.NewReflectorWithOptions(sliceLW, &discovery.EndpointSlice{}, w.slices, cache.ReflectorOptions{Name: "endpointslices", Logger: &logger}),
 	}
 	return w, nil
+}
+
+// selectedListWatch lists and watches one kind through its typed client,
+// with the label selector sel.
+func selectedListWatch[L runtime.Object](client kubernetes.Interface, sel string,
+	list func(context.Context, metav1.ListOptions) (L, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)) cache.ListerWatcher {
+	return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = sel
+			return list(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = sel
+			return watchFn(ctx, o)
+		},
+	}, client)
 }
 
 // Run lists, watches and relists (after a watch error or an expired
