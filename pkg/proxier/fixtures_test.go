@@ -49,6 +49,17 @@ func slice(ns, svc, name string, port int32, ips ...string) *discovery.EndpointS
 	return s
 }
 
+// loadRichCluster hands richCluster's objects to p (not marked synced).
+func loadRichCluster(p *Proxier) {
+	svcs, slices := richCluster()
+	for _, s := range svcs {
+		p.OnServiceUpdate(nil, s)
+	}
+	for _, s := range slices {
+		p.OnEndpointSliceUpdate(s, false)
+	}
+}
+
 // richCluster returns Services and slices exercising every rule shape.
 func richCluster() ([]*v1.Service, []*discovery.EndpointSlice) {
 	local := v1.ServiceExternalTrafficPolicyLocal

@@ -42,13 +42,7 @@ func kernelProxier(t *testing.T, backend iptables.Backend) (*Proxier, iptables.I
 		MinSyncPeriod: 0,
 		IPTables:      ipt,
 	})
-	svcs, slices := richCluster()
-	for _, s := range svcs {
-		p.OnServiceUpdate(nil, s)
-	}
-	for _, s := range slices {
-		p.OnEndpointSliceUpdate(s, false)
-	}
+	loadRichCluster(p)
 	p.OnServicesSynced()
 	p.OnEndpointSlicesSynced()
 	return p, ipt
@@ -139,13 +133,7 @@ func TestKernelRoundTrip(t *testing.T) {
 func kernelProxierSameNS(t *testing.T, p *Proxier, ipt iptables.Interface) (*Proxier, iptables.Interface) {
 	logger, _ := ktesting.NewTestContext(t)
 	p2 := New(logger, p.opts)
-	svcs, slices := richCluster()
-	for _, s := range svcs {
-		p2.OnServiceUpdate(nil, s)
-	}
-	for _, s := range slices {
-		p2.OnEndpointSliceUpdate(s, false)
-	}
+	loadRichCluster(p2)
 	p2.OnServicesSynced()
 	p2.OnEndpointSlicesSynced()
 	return p2, ipt

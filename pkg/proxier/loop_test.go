@@ -81,13 +81,7 @@ func TestRunHealthAndRetries(t *testing.T) {
 				IPTables:   fake,
 				Health:     health,
 			})
-			svcs, eps := richCluster()
-			for _, s := range svcs {
-				p.OnServiceUpdate(nil, s)
-			}
-			for _, s := range eps {
-				p.OnEndpointSliceUpdate(s, false)
-			}
+			loadRichCluster(p)
 			done := make(chan struct{})
 			go func() { p.Run(ctx); close(done) }()
 			p.OnServicesSynced()
@@ -176,13 +170,7 @@ func TestRunReadsTablesWhileInformersList(t *testing.T) {
 				Health:     health,
 				Clock:      clock,
 			})
-			svcs, eps := richCluster()
-			for _, s := range svcs {
-				p.OnServiceUpdate(nil, s)
-			}
-			for _, s := range eps {
-				p.OnEndpointSliceUpdate(s, false)
-			}
+			loadRichCluster(p)
 			done := make(chan struct{})
 			go func() { p.Run(ctx); close(done) }()
 			defer func() { cancel(); <-done }()
