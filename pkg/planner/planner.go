@@ -260,22 +260,34 @@ func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string)
 	return p
 }
 
+// compare records c's hash in tc and queues c for writing unless the
+// record holds that hash already; it reports whether the record has c.
+func (tp *tablePlan) compare(c *rules.Chain, have map[string]appliedChain, tc *tableCommit) (recorded bool) {
+	h := hashRules(c.Rules)
+	old, ok := have[c.Name]
+	tc.set[c.Name] = h
+	if !ok || old != h {
+		tp.written = append(tp.written, c)
+		tp.lines += 1 + len(c.Rules)
+	}
+	return ok
+}
+
+// deleteAll queues the deletion of chains, in name order.
+func (tp *tablePlan) deleteAll(chains []string) {
+	slices.Sort(chains)
+	tp.deleted = chains
+	tp.lines += 2 * len(chains)
+}
+
 // planTable compares every desired chain of a table with the record.
 func planTable(name iptables.Table, chains []*rules.Chain, have map[string]appliedChain, tc *tableCommit, owned func(string) bool) *tablePlan {
 	tp := &tablePlan{name: name}
 	matchedOwned := 0
 	for _, c := range chains {
-		old, ok := have[c.Name]
-		if ok && owned(c.Name) {
+		if tp.compare(c, have, tc) && owned(c.Name) {
 			matchedOwned++
 		}
-		h := hashRules(c.Rules)
-		tc.set[c.Name] = h
-		if ok && old == h {
-			continue
-		}
-		tp.written = append(tp.written, c)
-		tp.lines += 1 + len(c.Rules)
 	}
 	// Owned chains recorded but not desired are deleted. Usually every
 	// owned chain recorded is desired: count before building a set.
@@ -285,6 +297,7 @@ func planTable(name iptables.Table, chains []*rules.Chain, have map[string]appli
 			haveOwned++
 		}
 	}
+	var deleted []string
 	if haveOwned > matchedOwned {
 		want := make(map[string]bool, len(chains))
 		for _, c := range chains {
@@ -292,12 +305,11 @@ func planTable(name iptables.Table, chains []*rules.Chain, have map[string]appli
 		}
 		for n := range have {
 			if !want[n] && owned(n) {
-				tp.deleted = append(tp.deleted, n)
+				deleted = append(deleted, n)
 			}
 		}
 	}
-	slices.Sort(tp.deleted)
-	tp.lines += 2 * len(tp.deleted)
+	tp.deleteAll(deleted)
 	return tp
 }
 
@@ -307,24 +319,17 @@ func planTable(name iptables.Table, chains []*rules.Chain, have map[string]appli
 func planDelta(name iptables.Table, fresh []*rules.Chain, gone []string, have map[string]appliedChain, tc *tableCommit, owned func(string) bool) *tablePlan {
 	tp := &tablePlan{name: name}
 	for _, c := range fresh {
-		h := hashRules(c.Rules)
-		old, ok := have[c.Name]
-		tc.set[c.Name] = h
-		if ok && old == h {
-			continue
-		}
-		tp.written = append(tp.written, c)
-		tp.lines += 1 + len(c.Rules)
+		tp.compare(c, have, tc)
 	}
+	var deleted []string
 	for _, n := range gone {
 		if _, ok := have[n]; ok && owned(n) {
-			if _, again := tc.set[n]; !again && !slices.Contains(tp.deleted, n) {
-				tp.deleted = append(tp.deleted, n)
+			if _, again := tc.set[n]; !again && !slices.Contains(deleted, n) {
+				deleted = append(deleted, n)
 			}
 		}
 	}
-	slices.Sort(tp.deleted)
-	tp.lines += 2 * len(tp.deleted)
+	tp.deleteAll(deleted)
 	return tp
 }
 
