@@ -263,7 +263,6 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		rs.Stats.Rendered, svcChains = r.fill(state)
 	}
 
-	defer func() { r.endpoints = rs.Stats.Endpoints }()
 	for _, cp := range r.order {
 		rs.Stats.Endpoints += cp.endpoints
 		rs.Stats.NATRules += cp.rules
@@ -274,6 +273,7 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 			rs.Stats.NoLocalEndpointsExternal++
 		}
 	}
+	r.endpoints = rs.Stats.Endpoints
 
 	var dispatchNAT, dispatchFilter []*Chain
 	var top [numTrees][]string
@@ -284,23 +284,23 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		for _, c := range chains {
 			n += len(c.Rules)
 		}
-		keep := chains
 		if rs.Delta != nil {
-			keep = fresh
+			chains = fresh
 		}
 		if d.table == "nat" {
-			dispatchNAT = append(dispatchNAT, keep...)
+			dispatchNAT = append(dispatchNAT, chains...)
 			rs.Stats.NATRules += n
 		} else {
-			dispatchFilter = append(dispatchFilter, keep...)
+			dispatchFilter = append(dispatchFilter, chains...)
 			rs.Stats.FilterRules += n
 		}
-		if rs.Delta != nil {
-			if d.table == "nat" {
-				rs.Delta.GoneNAT = append(rs.Delta.GoneNAT, gone...)
-			} else {
-				rs.Delta.GoneFilter = append(rs.Delta.GoneFilter, gone...)
-			}
+		if rs.Delta == nil {
+			continue
+		}
+		if d.table == "nat" {
+			rs.Delta.GoneNAT = append(rs.Delta.GoneNAT, gone...)
+		} else {
+			rs.Delta.GoneFilter = append(rs.Delta.GoneFilter, gone...)
 		}
 	}
 
@@ -362,19 +362,23 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 // the trees. It returns the number of ports rendered and their chains, in
 // kube-proxy's order.
 func (r *Renderer) fill(state *proxy.State) (int, []*Chain) {
-	r.cache = make(map[proxy.ServicePortName]*cachedPort, len(state.ServicePorts))
-	r.order = make([]*cachedPort, 0, len(state.ServicePorts))
-	chainsOf := make(map[*cachedPort][]*Chain, len(state.ServicePorts))
+	type rendered struct {
+		cp     *cachedPort
+		chains []*Chain
+	}
+	ports := make([]rendered, 0, len(state.ServicePorts))
 	for spn := range state.ServicePorts {
 		cp, chains := r.newCachedPort(spn, portSortKey(spn), state)
-		r.cache[spn] = cp
-		r.order = append(r.order, cp)
-		chainsOf[cp] = chains
+		ports = append(ports, rendered{cp, chains})
 	}
-	slices.SortFunc(r.order, func(a, b *cachedPort) int { return strings.Compare(a.sortKey, b.sortKey) })
+	slices.SortFunc(ports, func(a, b rendered) int { return strings.Compare(a.cp.sortKey, b.cp.sortKey) })
+	r.cache = make(map[proxy.ServicePortName]*cachedPort, len(ports))
+	r.order = make([]*cachedPort, len(ports))
 	var all []*Chain
-	for _, cp := range r.order {
-		all = append(all, chainsOf[cp]...)
+	for i, p := range ports {
+		r.cache[p.cp.spn] = p.cp
+		r.order[i] = p.cp
+		all = append(all, p.chains...)
 	}
 	fam := string(r.cfg.Family)
 	for t := range r.trees {
