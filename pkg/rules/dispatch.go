@@ -276,21 +276,6 @@ func leafRules(entries []dispatchEntry) []string {
 	return out
 }
 
-// buildDispatch returns the rules of the shared chain root (of table, for
-// family) and the dispatch chains below it, built from scratch. With at
-// most LeafMax entries in all, the root holds them flat in kube-proxy's
-// order; otherwise the address-keyed entries become one tree and the
-// port-keyed ones another, with the jumps to the address tree first in the
-// root.
-func buildDispatch(family, table, root string, entries []dispatchEntry) ([]string, []*Chain) {
-	d := &dispatchState{family: family, table: table, root: root}
-	for _, e := range entries {
-		d.insert(e)
-	}
-	top, chains, _, _ := d.build(false)
-	return top, chains
-}
-
 // dispatchState is one shared chain's dispatch tree kept between renders:
 // its entries sorted by kind, key and flat order, and the last build's
 // nodes, so that a render after a few Services changed rebuilds only the
@@ -338,7 +323,10 @@ func (d *dispatchState) changed() bool {
 // build returns the root's rules and every dispatch chain, and, against
 // the previous build, the chains that are new objects (fresh) and the
 // names of the chains that are gone (both only when delta is set).
-// Subtrees with no changed key are reused.
+// Subtrees with no changed key are reused. With at most LeafMax entries in
+// all, the root holds them flat in kube-proxy's order; otherwise the
+// address-keyed entries become one tree and the port-keyed ones another,
+// with the jumps to the address tree first in the root.
 func (d *dispatchState) build(delta bool) (top []string, chains, fresh []*Chain, gone []string) {
 	if !d.changed() {
 		return d.top, d.chains, nil, nil

@@ -8,6 +8,17 @@ import (
 	"testing"
 )
 
+// buildDispatch returns the rules of the shared chain root (of table, for
+// family) and the dispatch chains below it, built from scratch.
+func buildDispatch(family, table, root string, entries []dispatchEntry) ([]string, []*Chain) {
+	d := &dispatchState{family: family, table: table, root: root}
+	for _, e := range entries {
+		d.insert(e)
+	}
+	top, chains, _, _ := d.build(false)
+	return top, chains
+}
+
 func addrEntries(addrs ...string) []dispatchEntry {
 	var out []dispatchEntry
 	for i, a := range addrs {
