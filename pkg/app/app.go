@@ -108,8 +108,11 @@ func Run(ctx context.Context, o *options.Options) error {
 	if err != nil {
 		return err
 	}
+	// One journal for both families: it tells iptproxy's own nftables
+	// commits from everyone else's (see iptables.Journal).
+	journal := iptables.NewJournal()
 	for _, fam := range families {
-		ipt, err := iptables.New(fam, backend, iptables.WithLogger(logger))
+		ipt, err := iptables.New(fam, backend, iptables.WithLogger(logger), iptables.WithJournal(journal))
 		if err != nil {
 			return err
 		}

@@ -27,6 +27,10 @@ const detectSaveTimeout = 30 * time.Second
 type evidence struct {
 	// hint is the kubelet chain found, "" if none.
 	hint string
+	// canary is true when the mangle table holds KUBE-PROXY-CANARY, which
+	// iptproxy and kube-proxy's iptables mode create in the backend they
+	// write to.
+	canary bool
 	// kubeLines counts chain declarations and rules mentioning "KUBE-" in
 	// the mangle, nat and filter tables.
 	kubeLines int
@@ -36,6 +40,7 @@ func (e *evidence) add(o evidence) {
 	if e.hint == "" {
 		e.hint = o.hint
 	}
+	e.canary = e.canary || o.canary
 	e.kubeLines += o.kubeLines
 }
 
@@ -45,7 +50,7 @@ func scanEvidence(r io.Reader) (evidence, error) {
 	var ev evidence
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
-	inTable := false
+	inTable, inMangle := false, false
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
@@ -56,11 +61,15 @@ func scanEvidence(r io.Reader) (evidence, error) {
 			default:
 				inTable = false
 			}
+			inMangle = Table(line[1:]) == TableMangle
 		case !inTable:
 		case strings.HasPrefix(line, ":"):
 			name, _, _ := strings.Cut(line[1:], " ")
 			if ev.hint == "" && (name == hintChain || name == kubeletCanaryChain) {
 				ev.hint = name
+			}
+			if inMangle && name == CanaryChain {
+				ev.canary = true
 			}
 			if strings.HasPrefix(name, "KUBE-") {
 				ev.kubeLines++
@@ -127,9 +136,14 @@ func backendSaves(binDir string, b Backend) []string {
 //     chain wins: nft is checked first (its mangle table), then legacy
 //     (a full dump: "iptables-legacy-save -t mangle" would make the kernel
 //     create the table).
-//  3. Otherwise the backend with more KUBE- chains and rules in mangle, nat
-//     and filter (IPv4 and IPv6 together) wins.
-//  4. With no evidence at all, nft.
+//  3. Otherwise a backend whose mangle table alone holds KUBE-PROXY-CANARY
+//     (left by iptproxy or kube-proxy's iptables mode) wins: the same two
+//     reads tell, so a restart on a node without kubelet's chains costs no
+//     more than on one with them.
+//  4. Only then, as a last resort, the backend with more KUBE- chains and
+//     rules in mangle, nat and filter (IPv4 and IPv6 together) wins: that
+//     reads nft's whole nat and filter tables, seconds at 10,000 Services.
+//  5. With no evidence at all, nft.
 //
 // A save that fails is logged and counts as no evidence. DetectBackend logs
 // the reason for its choice. The options that matter are WithBinDir.
@@ -175,6 +189,14 @@ func DetectBackend(ctx context.Context, opts ...Option) (Backend, error) {
 				"reason", "kubelet chain found", "chain", legacy.hint, "command", save)
 			return BackendLegacy, nil
 		}
+	}
+	if nft.canary != legacy.canary {
+		b := BackendNFT
+		if legacy.canary {
+			b = BackendLegacy
+		}
+		logger.Info("Detected iptables backend", "backend", b, "reason", "KUBE-PROXY-CANARY found in its mangle table only")
+		return b, nil
 	}
 	// legacy already holds every table; nft still needs nat and filter.
 	for _, save := range nftSaves {

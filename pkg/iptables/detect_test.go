@@ -50,6 +50,7 @@ func TestScanEvidence(t *testing.T) {
 const (
 	hintSave = "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n"
 	kube1    = "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n"
+	canary   = "*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n"
 	kube3    = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n-A KUBE-SERVICES -j KUBE-SVC-A\nCOMMIT\n"
 )
 
@@ -99,6 +100,33 @@ func TestDetectBackend(t *testing.T) {
 			backends: both,
 			saves:    map[string]string{"iptables-nft-save.-t mangle": hintSave, "iptables-legacy-save.": kube3},
 			want:     BackendNFT,
+		},
+		{
+			// A restart on a node without kubelet's chains: the canary
+			// in nft's small mangle table decides, even where counting
+			// lines would not (nft's nat is then never read).
+			name:     "canary in nft mangle beats more rules in legacy",
+			backends: both,
+			saves:    map[string]string{"iptables-nft-save.-t mangle": canary, "iptables-legacy-save.": kube3},
+			want:     BackendNFT,
+		},
+		{
+			name:     "canary in legacy mangle beats more rules in nft",
+			backends: both,
+			saves:    map[string]string{"iptables-legacy-save.": canary, "iptables-nft-save.-t nat": kube3},
+			want:     BackendLegacy,
+		},
+		{
+			name:     "canary in both: more KUBE rules decide",
+			backends: both,
+			saves:    map[string]string{"iptables-legacy-save.": canary + kube3, "iptables-nft-save.-t mangle": canary},
+			want:     BackendLegacy,
+		},
+		{
+			name:     "canary outside mangle is no evidence",
+			backends: both,
+			saves:    map[string]string{"iptables-nft-save.-t nat": strings.Replace(canary, "mangle", "nat", 1), "iptables-legacy-save.": kube3},
+			want:     BackendLegacy,
 		},
 		{
 			name:     "more KUBE rules in legacy",

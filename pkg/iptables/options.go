@@ -18,6 +18,8 @@ type options struct {
 	wait   time.Duration
 	binDir string
 	logger *klog.Logger
+	// journal, when set, records the nft backend's commits.
+	journal *Journal
 }
 
 func buildOptions(opts []Option) options {
@@ -73,4 +75,11 @@ func (o options) log() klog.Logger {
 		return *o.logger
 	}
 	return klog.Background()
+}
+
+// WithJournal makes a Runner on the nft backend record its writes in j, so
+// that j can tell them from other processes' (see Journal). Give every
+// Runner of a process the same Journal.
+func WithJournal(j *Journal) Option {
+	return func(o *options) { o.journal = j }
 }

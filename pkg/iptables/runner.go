@@ -28,6 +28,8 @@ type Runner struct {
 	tools   Tools
 	opts    options
 	ipt     *goipt.IPTables
+	// journal records this process's nftables commits (nft backend only).
+	journal *Journal
 }
 
 var _ Interface = (*Runner)(nil)
@@ -60,7 +62,11 @@ func New(family v1.IPFamily, backend Backend, opts ...Option) (*Runner, error) {
 	}
 	logger.V(2).Info("Using iptables tools", "family", family, "backend", backend,
 		"iptables", tools.Iptables, "save", tools.Save, "restore", tools.Restore, "wait", o.wait)
-	return &Runner{family: family, backend: backend, tools: tools, opts: o, ipt: ipt}, nil
+	r := &Runner{family: family, backend: backend, tools: tools, opts: o, ipt: ipt}
+	if backend == BackendNFT {
+		r.journal = o.journal
+	}
+	return r, nil
 }
 
 // Family implements Interface.
@@ -76,15 +82,8 @@ func (r *Runner) Tools() Tools {
 	return t
 }
 
-// Restore implements Interface. It runs one iptables-restore process with
-// "-w <wait> --noflush" and payload on stdin.
-//
-// Atomicity is per table: the tools commit each table at its COMMIT line, so
-// when a later table in the same payload fails, the tables committed before
-// it stay applied; the failing table is left as it was. A tool that exits
-// non-zero yields a *RestoreError (Line is 0 when the tool named no line);
-// failing to run the tool at all yields another error.
-func (r *Runner) Restore(ctx context.Context, payload []byte) error {
+// restore runs iptables-restore (see Restore).
+func (r *Runner) restore(ctx context.Context, payload []byte) error {
 	logger := klog.FromContext(ctx)
 	args := append(r.opts.waitArgs(), "--noflush")
 	logger.V(4).Info("Running iptables-restore", "command", r.tools.Restore, "args", args, "bytes", len(payload))
@@ -130,8 +129,8 @@ func (r *Runner) Save(ctx context.Context, table Table) ([]byte, error) {
 	return stdout.Bytes(), nil
 }
 
-// EnsureChain implements Interface.
-func (r *Runner) EnsureChain(ctx context.Context, table Table, chain string) (bool, error) {
+// ensureChain creates a chain (see EnsureChain).
+func (r *Runner) ensureChain(ctx context.Context, table Table, chain string) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
@@ -151,8 +150,8 @@ func (r *Runner) EnsureChain(ctx context.Context, table Table, chain string) (bo
 	return false, fmt.Errorf("creating chain %s in %s table (%s): %w", chain, table, r.family, err)
 }
 
-// EnsureRulePrepended implements Interface.
-func (r *Runner) EnsureRulePrepended(ctx context.Context, table Table, chain string, args ...string) (bool, error) {
+// ensureRulePrepended checks and inserts a rule (see EnsureRulePrepended).
+func (r *Runner) ensureRulePrepended(ctx context.Context, table Table, chain string, args ...string) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
@@ -170,8 +169,8 @@ func (r *Runner) EnsureRulePrepended(ctx context.Context, table Table, chain str
 	return false, nil
 }
 
-// DeleteRule implements Interface.
-func (r *Runner) DeleteRule(ctx context.Context, table Table, chain string, args ...string) error {
+// deleteRule deletes a rule (see DeleteRule).
+func (r *Runner) deleteRule(ctx context.Context, table Table, chain string, args ...string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -206,9 +205,8 @@ func (r *Runner) ChainExists(ctx context.Context, table Table, chain string) (bo
 	return exists, nil
 }
 
-// DeleteChain implements Interface. Deleting a chain that other rules
-// still jump to fails.
-func (r *Runner) DeleteChain(ctx context.Context, table Table, chain string) error {
+// deleteChain deletes a chain (see DeleteChain).
+func (r *Runner) deleteChain(ctx context.Context, table Table, chain string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -253,3 +251,44 @@ func Present(ctx context.Context, family v1.IPFamily, backend Backend, opts ...O
 	}
 	return nil
 }
+
+// Restore implements Interface. It runs one iptables-restore process with
+// "-w <wait> --noflush" and payload on stdin.
+//
+// Atomicity is per table: the tools commit each table at its COMMIT line, so
+// when a later table in the same payload fails, the tables committed before
+// it stay applied; the failing table is left as it was. A tool that exits
+// non-zero yields a *RestoreError (Line is 0 when the tool named no line);
+// failing to run the tool at all yields another error.
+func (r *Runner) Restore(ctx context.Context, payload []byte) error {
+	return r.journal.Own(func() error { return r.restore(ctx, payload) })
+}
+
+// EnsureChain implements Interface.
+func (r *Runner) EnsureChain(ctx context.Context, table Table, chain string) (existed bool, err error) {
+	err = r.journal.Own(func() error { existed, err = r.ensureChain(ctx, table, chain); return err })
+	return existed, err
+}
+
+// EnsureRulePrepended implements Interface.
+func (r *Runner) EnsureRulePrepended(ctx context.Context, table Table, chain string, args ...string) (existed bool, err error) {
+	err = r.journal.Own(func() error { existed, err = r.ensureRulePrepended(ctx, table, chain, args...); return err })
+	return existed, err
+}
+
+// DeleteRule implements Interface.
+func (r *Runner) DeleteRule(ctx context.Context, table Table, chain string, args ...string) error {
+	return r.journal.Own(func() error { return r.deleteRule(ctx, table, chain, args...) })
+}
+
+// DeleteChain implements Interface. Deleting a chain that other rules
+// still jump to fails.
+func (r *Runner) DeleteChain(ctx context.Context, table Table, chain string) error {
+	return r.journal.Own(func() error { return r.deleteChain(ctx, table, chain) })
+}
+
+// Foreign reports, through the Journal given with WithJournal, how many
+// times a write by someone else was seen in the nftables ruleset (see
+// Journal.Foreign); ok is false on the legacy backend or without a
+// Journal, where every check must assume a change.
+func (r *Runner) Foreign() (count uint64, ok bool) { return r.journal.Foreign() }

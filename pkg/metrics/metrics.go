@@ -118,6 +118,18 @@ type Metrics struct {
 	// SyncChainsDeletedTotal is iptproxy_sync_chains_deleted_total: chains
 	// deleted by restores. Labels: table, ip_family.
 	SyncChainsDeletedTotal *prometheus.CounterVec
+	// DriftChecksTotal is iptproxy_drift_checks_total: comparisons of the
+	// kernel's tables with what iptproxy wrote, between syncs. Labels:
+	// ip_family.
+	DriftChecksTotal *prometheus.CounterVec
+	// DriftCheckDuration is iptproxy_drift_check_duration_seconds: how long
+	// one comparison took (reading both tables and comparing). Labels:
+	// ip_family.
+	DriftCheckDuration *prometheus.HistogramVec
+	// DriftChainsTotal is iptproxy_drift_chains_total: chains (and base
+	// jumps) found changed by someone else and repaired. Labels: table,
+	// ip_family.
+	DriftChainsTotal *prometheus.CounterVec
 }
 
 // syncDurationBuckets are kube-proxy's buckets for sync and conntrack
@@ -247,6 +259,19 @@ func New() *Metrics {
 			Name: "iptproxy_sync_chains_deleted_total",
 			Help: "Cumulative iptables chains deleted by iptproxy",
 		}, tableFamily),
+		DriftChecksTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iptproxy_drift_checks_total",
+			Help: "Cumulative comparisons of the kernel's tables with what iptproxy wrote, made between syncs",
+		}, ipFamily),
+		DriftCheckDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "iptproxy_drift_check_duration_seconds",
+			Help:    "Time taken to read the tables back and compare them with what iptproxy wrote",
+			Buckets: syncDurationBuckets(),
+		}, ipFamily),
+		DriftChainsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iptproxy_drift_chains_total",
+			Help: "Cumulative chains and base jumps found changed by someone else and repaired",
+		}, tableFamily),
 	}
 
 	m.registry.MustRegister(
@@ -276,6 +301,9 @@ func New() *Metrics {
 		m.SyncBytesWrittenTotal,
 		m.SyncChainsWrittenTotal,
 		m.SyncChainsDeletedTotal,
+		m.DriftChecksTotal,
+		m.DriftCheckDuration,
+		m.DriftChainsTotal,
 	)
 	return m
 }

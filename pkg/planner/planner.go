@@ -83,6 +83,36 @@ func (a *Applied) Adopt(table iptables.Table, save []byte) {
 	delete(a.basis, table)
 }
 
+// Drifted compares an iptables-save dump of table with the record and
+// returns, sorted, the chains that differ: every recorded chain that
+// watched selects and the dump lacks or holds with other rules, and every
+// chain that owned selects and the dump holds but the record does not.
+// A table the record knows nothing about has no drift to report.
+func (a *Applied) Drifted(table iptables.Table, save []byte, watched, owned func(string) bool) []string {
+	have, ok := a.tables[table]
+	if !ok {
+		return nil
+	}
+	kernel := ParseSave(save)
+	var drifted []string
+	for name, h := range have {
+		if !watched(name) {
+			continue
+		}
+		body, ok := kernel[name]
+		if !ok || hashRules(body) != h {
+			drifted = append(drifted, name)
+		}
+	}
+	for name := range kernel {
+		if _, ok := have[name]; !ok && owned(name) {
+			drifted = append(drifted, name)
+		}
+	}
+	slices.Sort(drifted)
+	return drifted
+}
+
 // ParseSave groups an iptables-save dump of one table into the rule bodies
 // of each user-defined chain (built-in chains, which have a policy, are left
 // out).
@@ -260,13 +290,14 @@ func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string)
 	return p
 }
 
-// compare records c's hash in tc and queues c for writing unless the
-// record holds that hash already; it reports whether the record has c.
-func (tp *tablePlan) compare(c *rules.Chain, have map[string]appliedChain, tc *tableCommit) (recorded bool) {
+// compare records c's hash in tc and queues c for writing when force is
+// set or the record does not hold that hash already; it reports whether
+// the record has c.
+func (tp *tablePlan) compare(c *rules.Chain, have map[string]appliedChain, tc *tableCommit, force bool) (recorded bool) {
 	h := hashRules(c.Rules)
 	old, ok := have[c.Name]
 	tc.set[c.Name] = h
-	if !ok || old != h {
+	if force || !ok || old != h {
 		tp.written = append(tp.written, c)
 		tp.lines += 1 + len(c.Rules)
 	}
@@ -285,7 +316,7 @@ func planTable(name iptables.Table, chains []*rules.Chain, have map[string]appli
 	tp := &tablePlan{name: name}
 	matchedOwned := 0
 	for _, c := range chains {
-		if tp.compare(c, have, tc) && owned(c.Name) {
+		if tp.compare(c, have, tc, false) && owned(c.Name) {
 			matchedOwned++
 		}
 	}
@@ -315,11 +346,17 @@ func planTable(name iptables.Table, chains []*rules.Chain, have map[string]appli
 
 // planDelta plans a table from a ruleset's delta against the ruleset last
 // committed: only the fresh chains can differ from the record, and only
-// the gone ones can need deleting.
+// the gone ones can need deleting. Every fresh chain but the dispatch
+// chains is written, whatever the record says, as kube-proxy rewrites the
+// top-level chains and every chain of a changed Service on every sync: the
+// record is what iptproxy wrote, not what the kernel holds now, and a
+// chain someone else changed is repaired as soon as its Service changes.
+// A rebuilt dispatch subtree is written only where it differs (it holds
+// many chains a change leaves as they were; the drift checks watch them).
 func planDelta(name iptables.Table, fresh []*rules.Chain, gone []string, have map[string]appliedChain, tc *tableCommit, owned func(string) bool) *tablePlan {
 	tp := &tablePlan{name: name}
 	for _, c := range fresh {
-		tp.compare(c, have, tc)
+		tp.compare(c, have, tc, !strings.HasPrefix(c.Name, rules.PrefixDispatch))
 	}
 	var deleted []string
 	for _, n := range gone {

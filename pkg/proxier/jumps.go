@@ -1,6 +1,8 @@
 package proxier
 
 import (
+	"strings"
+
 	"github.com/iptproxy/iptproxy/pkg/iptables"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 )
@@ -21,6 +23,16 @@ func (j jump) args() []string {
 		a = append(a, "-m", "comment", "--comment", j.comment)
 	}
 	return append(a, "-j", j.to)
+}
+
+// line returns the rule as iptables-save prints it ("-A FROM ... -j TO"),
+// to find the exact rule in a dump.
+func (j jump) line() string {
+	parts := append([]string{"-A", j.from}, j.extra...)
+	if j.comment != "" {
+		parts = append(parts, "-m", "comment", "--comment", rules.Quote(j.comment))
+	}
+	return strings.Join(append(parts, "-j", j.to), " ")
 }
 
 var ctNew = []string{"-m", "conntrack", "--ctstate", "NEW"}

@@ -129,6 +129,7 @@ type Proxier struct {
 	needFull     atomic.Bool
 	lastFullSync time.Time
 	early        *earlySaves
+	drift        driftState
 	topologyZone string
 	nodeIPs      []netip.Addr
 }
@@ -244,61 +245,6 @@ func (p *Proxier) Desired() *rules.Ruleset {
 	return rs
 }
 
-// earlySavesMaxAge bounds how old the dump read at start may be when the
-// first sync adopts it; an older one is read again.
-const earlySavesMaxAge = 30 * time.Second
-
-// earlySaves are the iptables-save dumps the loop reads as it starts,
-// while the informers are still listing: at 10,000 Services a dump takes
-// seconds (3 s for nat on iptables-nft), and the first sync would
-// otherwise wait for it after the lists.
-type earlySaves struct {
-	done  chan struct{}
-	at    time.Time
-	saves map[iptables.Table][]byte
-	errs  map[iptables.Table]error
-}
-
-// readEarlySaves starts reading the tables in the background.
-func (p *Proxier) readEarlySaves(ctx context.Context) *earlySaves {
-	e := &earlySaves{done: make(chan struct{}), at: p.now(),
-		saves: map[iptables.Table][]byte{}, errs: map[iptables.Table]error{}}
-	go func() {
-		defer close(e.done)
-		for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
-			e.saves[t], e.errs[t] = p.opts.IPTables.Save(ctx, t)
-		}
-	}()
-	return e
-}
-
-// takeEarlySaves returns the dumps read at start, once, if they are recent
-// enough; nil otherwise.
-func (p *Proxier) takeEarlySaves(ctx context.Context) *earlySaves {
-	e := p.early
-	p.early = nil
-	if e == nil {
-		return nil
-	}
-	select {
-	case <-e.done:
-	case <-ctx.Done():
-		return nil
-	}
-	if p.now().Sub(e.at) > earlySavesMaxAge {
-		return nil
-	}
-	return e
-}
-
-// get returns the early dump of table, or reads it now.
-func (e *earlySaves) get(ctx context.Context, ipt iptables.Interface, t iptables.Table) ([]byte, error) {
-	if e != nil && e.errs[t] == nil && e.saves[t] != nil {
-		return e.saves[t], nil
-	}
-	return ipt.Save(ctx, t)
-}
-
 // Generation returns the render generation of the last sync (0 before the
 // first): Desired's result changes only when it does.
 func (p *Proxier) Generation() uint64 { return p.generation.Load() }
@@ -310,18 +256,17 @@ func (p *Proxier) ForceFullSync() {
 }
 
 // Run is the sync loop: it syncs when asked (at most once per
-// MinSyncPeriod), checks the canaries every SyncPeriod (a missing canary
-// forces a full sync), retries failed syncs after SyncPeriod, and does a
-// full sync at least hourly. It returns when ctx ends.
+// MinSyncPeriod) and at least every SyncPeriod, as kube-proxy; every
+// SyncPeriod it also checks the canaries (a missing canary forces a full
+// sync) and the tables for drift (see checkDrift); it retries failed syncs
+// after SyncPeriod, and does a full sync at least hourly. It returns when
+// ctx ends.
 func (p *Proxier) Run(ctx context.Context) {
 	ctx = klog.NewContext(ctx, p.logger)
 	if p.opts.Health != nil {
 		p.opts.Health.Started(p.family) // start the clock even if syncs fail
 	}
-	period := p.opts.SyncPeriod
-	if period <= 0 {
-		period = 30 * time.Second
-	}
+	period := p.syncPeriod()
 	if p.needFull.Load() {
 		p.early = p.readEarlySaves(ctx)
 	}
@@ -337,12 +282,13 @@ func (p *Proxier) Run(ctx context.Context) {
 		case <-retry:
 			retry = nil
 		case <-ticker.C:
+			// As kube-proxy, sync at least every period: the sync
+			// rewrites the top-level chains. Between syncs, look for
+			// anything else someone changed.
 			p.checkCanary(ctx)
+			p.checkDrift(ctx)
 			if p.now().Sub(p.lastFullSync) > fullSyncPeriod && p.initialized() {
 				p.needFull.Store(true)
-			}
-			if !p.needFull.Load() {
-				continue
 			}
 		}
 		if wait := p.opts.MinSyncPeriod - p.now().Sub(last); wait > 0 && !last.IsZero() {
@@ -622,22 +568,11 @@ func baseRules(save []byte) []string {
 	return out
 }
 
-// jumpPresent reports whether the rules of built-in chains hold jump j.
+// jumpPresent reports whether the rules of built-in chains hold jump j
+// exactly, as kube-proxy checks it with "iptables -C": a rule with the same
+// comment and target but another match (a narrowed copy) is not it.
 func jumpPresent(base []string, j jump) bool {
-	prefix := "-A " + j.from + " "
-	for _, line := range base {
-		if !strings.HasPrefix(line, prefix) || !strings.HasSuffix(line, " -j "+j.to) {
-			continue
-		}
-		if j.comment != "" && !strings.Contains(line, `--comment "`+j.comment+`"`) && !strings.Contains(line, "--comment "+j.comment+" ") {
-			continue
-		}
-		if len(j.extra) > 0 && !strings.Contains(line, " "+strings.Join(j.extra, " ")+" ") {
-			continue
-		}
-		return true
-	}
-	return false
+	return slices.Contains(base, j.line())
 }
 
 func (p *Proxier) recordMetrics(rs *rules.Ruleset, plan *planner.Plan, change proxy.Change) {

@@ -52,6 +52,18 @@ func IsServiceChain(chain string) bool {
 	return false
 }
 
+// IsRootChain reports whether chain is one of the top-level chains iptproxy
+// writes whole on every sync (KUBE-SERVICES, KUBE-NODEPORTS,
+// KUBE-POSTROUTING, KUBE-MARK-MASQ and the filter roots). kubelet's
+// KUBE-FIREWALL, which kubelet may write too, is not one.
+func IsRootChain(chain string) bool {
+	switch chain {
+	case ChainServices, ChainExternalServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq, ChainForward, ChainProxyFirewall:
+		return true
+	}
+	return false
+}
+
 func hash16(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return base32.StdEncoding.EncodeToString(sum[:])[:16]

@@ -124,6 +124,10 @@ func prefixString(s string) string {
 	return s
 }
 
+// Quote renders a string as iptables-save prints it (see quote), for code
+// that builds a rule's canonical form outside the renderer.
+func Quote(s string) string { return quote(s) }
+
 // quote renders a string as iptables-save does: bare when it is only
 // letters, digits, '-' and '_', otherwise double-quoted with \ escapes.
 func quote(s string) string {
