@@ -30,14 +30,7 @@ func kernelProxier(t *testing.T, backend iptables.Backend) (*Proxier, iptables.I
 	}
 	logger, _ := ktesting.NewTestContext(t)
 	p := New(logger, Options{
-		Rules: rules.Config{
-			Family:             v1.IPv4Protocol,
-			NodeName:           "node-a",
-			NodeIPs:            []netip.Addr{netip.MustParseAddr("192.0.2.10")},
-			MasqueradeBit:      14,
-			LocalTraffic:       rules.LocalTraffic{IfLocal: []string{"-s", "10.1.0.0/16"}, IfNotLocal: []string{"!", "-s", "10.1.0.0/16"}},
-			LocalhostNodePorts: true,
-		},
+		Rules:         kernelRulesConfig(),
 		SyncPeriod:    time.Minute,
 		MinSyncPeriod: 0,
 		IPTables:      ipt,
@@ -133,6 +126,18 @@ func TestKernelRoundTrip(t *testing.T) {
 
 // kernelProxierSameNS builds a second proxier in the current namespace
 // with the same configuration and objects, as a restarted daemon would be.
+// kernelRulesConfig is the node configuration of the kernel tests.
+func kernelRulesConfig() rules.Config {
+	return rules.Config{
+		Family:             v1.IPv4Protocol,
+		NodeName:           "node-a",
+		NodeIPs:            []netip.Addr{netip.MustParseAddr("192.0.2.10")},
+		MasqueradeBit:      14,
+		LocalTraffic:       rules.LocalTraffic{IfLocal: []string{"-s", "10.1.0.0/16"}, IfNotLocal: []string{"!", "-s", "10.1.0.0/16"}},
+		LocalhostNodePorts: true,
+	}
+}
+
 func kernelProxierSameNS(t *testing.T, p *Proxier, ipt iptables.Interface) (*Proxier, iptables.Interface) {
 	logger, _ := ktesting.NewTestContext(t)
 	p2 := New(logger, p.opts)
