@@ -206,4 +206,3 @@ func TestDriftCheck(t *testing.T) {
 		}
 	}
 }
-
