@@ -10,9 +10,9 @@ import (
 )
 
 // driftCostFactor bounds the cost of drift checks: after a check that took
-// d, the next waits at least driftCostFactor*d (and at least a sync
-// period), so that reading the tables back never takes more than a tenth
-// of one core, however large they are.
+// d, the next waits at least driftCostFactor*d (checks run at most once a
+// sync period anyway), so that reading the tables back never takes more
+// than a tenth of one core, however large they are.
 const driftCostFactor = 10
 
 // driftLogLimit is how many drifted chains a log line names.
@@ -52,7 +52,7 @@ func (p *Proxier) checkDrift(ctx context.Context) {
 	saves, drifted, err := p.compareKernel(ctx)
 	elapsed := p.now().Sub(start)
 	p.drift = driftState{foreign: foreign, known: known && err == nil,
-		next: start.Add(max(p.syncPeriod(), driftCostFactor*elapsed))}
+		next: start.Add(driftCostFactor * elapsed)}
 	if m := p.opts.Metrics; m != nil {
 		fam := string(p.family)
 		m.DriftChecksTotal.WithLabelValues(fam).Inc()
