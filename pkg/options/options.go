@@ -116,6 +116,7 @@ type Options struct {
 	hostnameOverride      string
 	iptablesSyncPeriod    time.Duration
 	iptablesMinSyncPeriod time.Duration
+	flagSet               *pflag.FlagSet
 	ipvsSyncPeriod        time.Duration
 	ipvsMinSyncPeriod     time.Duration
 	clusterCIDR           string
@@ -182,6 +183,7 @@ func inapplicableFlags() []string {
 // with fs.AddGoFlagSet, which skips the names already registered.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	c := o.Config
+	o.flagSet = fs
 
 	// Flags honoured with or without a configuration file.
 	fs.StringVar(&o.ConfigFile, "config", o.ConfigFile, "The path to the configuration file.")
@@ -267,6 +269,10 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	// its logging section).
 	logsapi.AddFlags(&c.Logging, fs)
 }
+
+// FlagSet is the flag set AddFlags registered on (the whole command line,
+// which kube-proxy serves on /flagz), or nil before AddFlags.
+func (o *Options) FlagSet() *pflag.FlagSet { return o.flagSet }
 
 // defaultOOMScoreAdj is kube-proxy's OOM score adjustment (qos.KubeProxyOOMScoreAdj).
 const defaultOOMScoreAdj int32 = -999
