@@ -21,9 +21,10 @@ build:
 deps:
 	hack/install-deps.sh
 
-## tools: build kube-apiserver, kube-proxy and etcd from the Go module proxy (cached)
+## tools: build kube-apiserver, kube-proxy and etcd from the Go module proxy (cached; TOOLS="etcd kube-apiserver" for a subset)
+TOOLS ?=
 tools:
-	hack/build-tools.sh
+	hack/build-tools.sh $(TOOLS)
 
 ## unit: unit and kernel tests (kernel tests need root and skip otherwise)
 unit:
@@ -42,13 +43,16 @@ e2e-faults: deps tools build
 e2e-parity: deps tools
 	IPTPROXY_BIN=$(IPTPROXY_TOOLS_DIR)/kube-proxy $(GO) test -count=1 -timeout 20m -v -run TestFeatures ./test/e2e/proxy/ 2>&1 | hack/test-summary.sh
 
-## test: every test: unit, kernel, the image filesystem check and end to end
+## test: every test: unit, kernel, the image filesystem check and end to end; the last line counts them all
 test: deps tools build check-image
-	$(GO) test -count=1 ./pkg/... ./cmd/...
-	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | hack/test-summary.sh
+	mkdir -p _output && rm -f _output/test-counts
+	$(GO) test -count=1 -v ./pkg/... ./cmd/... 2>&1 | hack/test-summary.sh --quiet --part unit --counts _output/test-counts
+	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | hack/test-summary.sh --part e2e --counts _output/test-counts
+	hack/test-summary.sh --total _output/test-counts
 
 ## demo: a local control plane, a two-node namespace cluster, iptproxy, and a load-balanced Service
-demo: deps tools build
+## (hack/demo.sh installs the Debian packages and builds what it needs itself: kube-apiserver, etcd, bin/iptproxy)
+demo:
 	hack/demo.sh $(DEMO_ARGS)
 
 ## image: build the container image with Docker (IMAGE=iptproxy:dev)
