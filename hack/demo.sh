@@ -30,11 +30,10 @@ start=${SECONDS}
 hack/install-deps.sh
 # One run of build-tools builds, in parallel and with progress lines, only
 # what this demo needs: kube-apiserver and etcd (kube-proxy only for
-# --proxy kube-proxy), bin/iptproxy, and the demo with its helpers.
-targets=(kube-apiserver etcd demo)
-if [[ "${proxy}" == "iptproxy" ]]; then
-  targets+=(iptproxy)
-else
+# --proxy kube-proxy), bin/iptproxy (its show and trace explain the rules
+# either way), and the demo with its helpers.
+targets=(kube-apiserver etcd iptproxy demo)
+if [[ "${proxy}" == "kube-proxy" ]]; then
   targets+=(kube-proxy)
 fi
 hack/build-tools.sh "${targets[@]}"
