@@ -155,7 +155,7 @@ func describe(st trace.Step) string {
 			if p, err := strconv.ParseFloat(v, 64); err == nil {
 				cond = append(cond, fmt.Sprintf("random, taken with p=%.3f", p))
 			}
-		} else if strings.HasPrefix(st.Chain, "KUBE-SVC-") && !strings.HasPrefix(st.Chain, "KUBE-SVC-DSP-") {
+		} else if strings.HasPrefix(st.Detail, "KUBE-SEP-") {
 			cond = append(cond, "the last endpoint: whatever is left")
 		}
 		if len(cond) == 0 {
