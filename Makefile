@@ -83,6 +83,11 @@ bench: deps tools build
 bench-churn: deps tools build
 	hack/bench.sh churn
 
+.PHONY: diagram
+## diagram: redraw docs/images/chains.{svg,png} (kube-proxy's KUBE-SERVICES beside the dispatch tree) from a real render
+diagram:
+	hack/diagram.sh
+
 ## verify: gofmt, go vet, shellcheck
 verify:
 	hack/verify.sh
