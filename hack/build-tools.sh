@@ -122,7 +122,7 @@ if want kube-apiserver || want kube-proxy; then
   done
 fi
 if [[ ${#k8s_bins[@]} -gt 0 ]]; then
-  echo "build-tools: building ${k8s_bins[*]##*/} ${k8s_version} (cold, on 2 idle cores: ~11 min for kube-apiserver, ~13 min with kube-proxy)"
+  echo "build-tools: building ${k8s_bins[*]##*/} ${k8s_version} (cold: ~23 CPU-minutes, ~12 min on 2 idle cores; cached afterwards)"
   minor="${k8s_version#v*.}"
   minor="${minor%%.*}"
   major="${k8s_version#v}"
@@ -151,7 +151,7 @@ want iptproxy && ipt_pkgs+=(./cmd/iptproxy)
 want demo && ipt_pkgs+=(./test/e2e/demo ./test/e2e/echoclient)
 if [[ ${#ipt_pkgs[@]} -gt 0 ]]; then
   version="$(git -C "${root}" describe --tags --always --dirty 2>/dev/null || echo dev)"
-  echo "build-tools: building ${ipt_pkgs[*]} (iptproxy ${version}; ~3 min cold)"
+  echo "build-tools: building ${ipt_pkgs[*]} (iptproxy ${version}; cold: ~5 CPU-minutes)"
   mkdir -p "${root}/bin" "${root}/_output/bin/e2e"
   start_build iptproxy "${root}" -trimpath -ldflags "-X github.com/iptproxy/iptproxy/pkg/version.Version=${version}" \
     -o "${root}/_output/bin/e2e/" "${ipt_pkgs[@]}"
