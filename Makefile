@@ -21,20 +21,27 @@ build:
 deps:
 	hack/install-deps.sh
 
-## tools: build kube-apiserver, kube-proxy and etcd from the Go module proxy (cached)
+## tools: build kube-apiserver, kube-proxy and etcd from the Go module proxy (cached; TOOLS="etcd kube-apiserver" for a subset)
+TOOLS ?=
 tools:
-	hack/build-tools.sh
+	hack/build-tools.sh $(TOOLS)
+
+# tools-and-build: the three tools and bin/iptproxy in one parallel run of
+# hack/build-tools.sh (progress every 15 s); what the e2e targets need.
+.PHONY: tools-and-build
+tools-and-build:
+	hack/build-tools.sh kube-apiserver kube-proxy etcd iptproxy
 
 ## unit: unit and kernel tests (kernel tests need root and skip otherwise)
 unit:
 	$(GO) test -count=1 ./pkg/... ./cmd/...
 
 ## e2e: the end-to-end harness: real kube-apiserver, network namespaces, real packets
-e2e: deps tools build
+e2e: deps tools-and-build
 	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | hack/test-summary.sh
 
 ## e2e-faults: the fault tests only (flushes, refused restores, lock, apiserver outage, node changes, SIGKILL, takeover)
-e2e-faults: deps tools build
+e2e-faults: deps tools-and-build
 	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v ./test/e2e/faults/ 2>&1 | hack/test-summary.sh
 
 .PHONY: e2e-parity
@@ -42,13 +49,17 @@ e2e-faults: deps tools build
 e2e-parity: deps tools
 	IPTPROXY_BIN=$(IPTPROXY_TOOLS_DIR)/kube-proxy $(GO) test -count=1 -timeout 20m -v -run TestFeatures ./test/e2e/proxy/ 2>&1 | hack/test-summary.sh
 
-## test: every test: unit, kernel, the image filesystem check and end to end
-test: deps tools build check-image
-	$(GO) test -count=1 ./pkg/... ./cmd/...
-	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | hack/test-summary.sh
+## test: every test: unit, kernel, the image filesystem check and end to end; the last line counts them all
+test: deps tools-and-build
+	hack/image-rootfs.sh --skip-if-unsupported
+	mkdir -p _output && rm -f _output/test-counts
+	$(GO) test -count=1 -v ./pkg/... ./cmd/... 2>&1 | hack/test-summary.sh --quiet --part unit --counts _output/test-counts
+	IPTPROXY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | hack/test-summary.sh --part e2e --counts _output/test-counts
+	hack/test-summary.sh --total _output/test-counts
 
 ## demo: a local control plane, a two-node namespace cluster, iptproxy, and a load-balanced Service
-demo: deps tools build
+## (hack/demo.sh installs the Debian packages and builds what it needs itself: kube-apiserver, etcd, bin/iptproxy)
+demo:
 	hack/demo.sh $(DEMO_ARGS)
 
 ## image: build the container image with Docker (IMAGE=iptproxy:dev)
@@ -72,12 +83,17 @@ kind-down:
 	hack/kind-down.sh
 
 ## bench: iptproxy vs upstream kube-proxy side by side (BENCH_SIZES=1000x10 BENCH_BACKENDS=nft ...; see hack/bench.sh)
-bench: deps tools build
+bench: deps tools-and-build
 	hack/bench.sh
 
 ## bench-churn: sustained EndpointSlice churn (BENCH_CHURN_RATE=100 BENCH_CHURN_DURATION=10m BENCH_CHURN_SIZE=10000x10)
-bench-churn: deps tools build
+bench-churn: deps tools-and-build
 	hack/bench.sh churn
+
+.PHONY: diagram
+## diagram: redraw docs/images/chains.{svg,png} (kube-proxy's KUBE-SERVICES beside the dispatch tree) from a real render
+diagram:
+	hack/diagram.sh
 
 ## verify: gofmt, go vet, shellcheck
 verify:

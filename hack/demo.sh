@@ -26,20 +26,19 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 
+start=${SECONDS}
 hack/install-deps.sh
-hack/build-tools.sh
-if [[ "${proxy}" == "iptproxy" ]]; then
-  if command -v make >/dev/null 2>&1; then
-    make --no-print-directory build
-  else
-    CGO_ENABLED=0 go build -trimpath -o bin/iptproxy ./cmd/iptproxy
-  fi
+# One run of build-tools builds, in parallel and with progress lines, only
+# what this demo needs: kube-apiserver and etcd (kube-proxy only for
+# --proxy kube-proxy), bin/iptproxy (its show and trace explain the rules
+# either way), and the demo with its helpers.
+targets=(kube-apiserver etcd iptproxy demo)
+if [[ "${proxy}" == "kube-proxy" ]]; then
+  targets+=(kube-proxy)
 fi
+hack/build-tools.sh "${targets[@]}"
 helpers="${root}/_output/bin/e2e"
-mkdir -p "${helpers}"
-echo "demo: building the demo and its helpers"
-go build -o "${helpers}/demo" ./test/e2e/demo
-go build -o "${helpers}/echoclient" ./test/e2e/echoclient
+echo "demo: ready to start after $((SECONDS - start)) s of preparation"
 
 # The demo removes everything itself; this catches what a killed demo (or an
 # earlier killed test run) left behind.

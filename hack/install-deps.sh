@@ -39,7 +39,8 @@ if [[ "$(id -u)" -ne 0 ]]; then
   exit 1
 fi
 
-echo "install-deps: installing ${missing[*]}"
+echo "install-deps: installing ${missing[*]} (apt-get update, then install)"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# -q, not -qq: one line per package fetched and set up, so a slow mirror shows progress.
+apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -5,7 +5,9 @@
 #   1. a kind cluster (one control plane, KIND_WORKERS workers) created with
 #      networking.kubeProxyMode: none, so that nothing else programs Services;
 #      an existing cluster of the same name is reused;
-#   2. docker build -t iptproxy:dev, kind load docker-image;
+#   2. docker build -t iptproxy:dev, kind load docker-image; or, with
+#      IMAGE_ARCHIVE, kind load image-archive of an image built without
+#      Docker (make image, see docs/install.md);
 #   3. kubectl apply -k deploy/overlays/kind, wait for the DaemonSet, the
 #      nodes and CoreDNS;
 #   4. a 3-replica echo Deployment (agnhost netexec) behind a ClusterIP and a
@@ -21,6 +23,12 @@
 #   ECHO_IMAGE         echo server image
 #                      (default registry.k8s.io/e2e-test-images/agnhost:2.53)
 #   SKIP_BUILD=1       do not rebuild iptproxy:dev (it must exist locally)
+#   IMAGE_ARCHIVE      an image archive (docker-archive or OCI tar) holding
+#                      iptproxy:dev, built without Docker: loaded with
+#                      "kind load image-archive" instead of building
+#   KIND_EXPERIMENTAL_PROVIDER  kind's node provider (docker, the default,
+#                      or podman): the only container engine needed when
+#                      IMAGE_ARCHIVE is given
 #
 # hack/kind-down.sh deletes the cluster.
 set -o errexit -o nounset -o pipefail
@@ -50,7 +58,16 @@ need() {
     missing+=("  $1: $2")
   fi
 }
-need docker "a Docker engine and CLI, https://docs.docker.com/engine/install/"
+archive="${IMAGE_ARCHIVE:-}"
+provider="${KIND_EXPERIMENTAL_PROVIDER:-docker}"
+if [[ -n "${archive}" && ! -f "${archive}" ]]; then
+  die "IMAGE_ARCHIVE=${archive} does not exist (build it with make image, see docs/install.md)"
+fi
+if [[ "${provider}" == docker ]]; then
+  need docker "a Docker engine and CLI, https://docs.docker.com/engine/install/ (kind runs its nodes in it)"
+else
+  need "${provider}" "kind's node provider (KIND_EXPERIMENTAL_PROVIDER=${provider})"
+fi
 need kind "https://kind.sigs.k8s.io/docs/user/quick-start/#installation (e.g. go install sigs.k8s.io/kind@latest)"
 need kubectl "https://kubernetes.io/docs/tasks/tools/ (v1.14 or newer, for apply -k)"
 need curl "your distribution's curl package"
@@ -59,8 +76,11 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   printf '%s\n' "${missing[@]}" >&2
   exit 1
 fi
-if ! docker info >/dev/null 2>&1; then
+if [[ "${provider}" == docker ]] && ! docker info >/dev/null 2>&1; then
   die "docker is installed but its engine is not reachable ('docker info' failed): start Docker, or check DOCKER_HOST and your permissions on the socket"
+fi
+if [[ "${provider}" != docker && -z "${archive}" ]]; then
+  die "without Docker, build the image with make image and pass it as IMAGE_ARCHIVE=<file>"
 fi
 [[ "${workers}" =~ ^[0-9]+$ ]] || die "KIND_WORKERS must be a number, got '${workers}'"
 
@@ -88,15 +108,20 @@ else
 fi
 
 # 2. The image.
-if [[ "${SKIP_BUILD:-}" == 1 ]]; then
+if [[ -n "${archive}" ]]; then
+  log "loading ${archive} (must hold ${image}) into the nodes"
+  kind load image-archive "${archive}" --name "${cluster}"
+elif [[ "${SKIP_BUILD:-}" == 1 ]]; then
   docker image inspect "${image}" >/dev/null 2>&1 || die "SKIP_BUILD=1 but there is no local image ${image}"
 else
   version="$(git describe --tags --always --dirty 2>/dev/null || echo dev)"
   log "building ${image} (${version})"
   DOCKER_BUILDKIT=1 docker build -t "${image}" --build-arg VERSION="${version}" .
 fi
-log "loading ${image} into the nodes"
-kind load docker-image "${image}" --name "${cluster}"
+if [[ -z "${archive}" ]]; then
+  log "loading ${image} into the nodes"
+  kind load docker-image "${image}" --name "${cluster}"
+fi
 
 # 3. iptproxy. The overlay reaches the API server as
 # iptproxy-control-plane:6443, kind's endpoint for a cluster named iptproxy.

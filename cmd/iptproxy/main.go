@@ -9,9 +9,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -27,16 +27,22 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && cli.IsCommand(os.Args[1]) {
+	if len(os.Args) == 2 && os.Args[1] == "help" {
+		os.Exit(run([]string{"--help"}, os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && (cli.IsCommand(os.Args[1]) || os.Args[1] == "help") {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		code := cli.Run(ctx, cli.DefaultEnv(), os.Args[1:])
 		stop()
 		os.Exit(code)
 	}
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string) int {
+// run is the kube-proxy drop-in: it parses kube-proxy's flags and runs the
+// proxy. --help and --version print on stdout and return 0, as kube-proxy's
+// do; a bad command line prints on stderr and returns 2.
+func run(args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("iptproxy", pflag.ContinueOnError)
 	fs.SetNormalizeFunc(cliflag.WordSepNormalizeFunc)
 	o := options.NewOptions()
@@ -45,24 +51,31 @@ func run(args []string) int {
 	klog.InitFlags(klogFlags)
 	fs.AddGoFlagSet(klogFlags)
 	showVersion := fs.Bool("version", false, "Print version information and quit")
+	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: iptproxy [flags]          run the proxy (kube-proxy's flags)\n"+
-			"       iptproxy %s ...  explain the rules (see \"iptproxy COMMAND --help\")\n\nFlags:\n%s",
-			strings.Join(cli.Commands, "|"), fs.FlagUsages())
+		fmt.Fprintf(stdout, "iptproxy is a drop-in replacement for kube-proxy's iptables mode.\n\n"+
+			"Usage: iptproxy [flags]          run the proxy (kube-proxy's flags)\n"+
+			"       iptproxy COMMAND [flags]  explain the rules\n\n%s\nFlags:\n%s",
+			cli.CommandsHelp, fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintf(stderr, "Error: %v\nRun 'iptproxy --help' for usage.\n", err)
 		return 2
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "iptproxy takes no positional arguments, got %q\n", fs.Args())
+		// The proxy takes no arguments: the first one was meant as a command.
+		if cli.IsCommand(fs.Arg(0)) {
+			fmt.Fprintf(stderr, "Error: the command %q must come first: iptproxy %s [flags]\n", fs.Arg(0), fs.Arg(0))
+			return 2
+		}
+		fmt.Fprint(stderr, cli.UnknownCommand(fs.Arg(0)))
 		return 2
 	}
 	if *showVersion {
-		fmt.Printf("iptproxy %s (kube-proxy %s compatible)\n", version.Version, version.KubernetesCompat)
+		fmt.Fprintf(stdout, "iptproxy %s (kube-proxy %s compatible)\n", version.Version, version.KubernetesCompat)
 		return 0
 	}
 	defer klog.Flush()

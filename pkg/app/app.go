@@ -189,6 +189,7 @@ func Run(ctx context.Context, o *options.Options) error {
 
 	healthz := healthcheck.NewHealthzServer(cfg.HealthzBindAddress, health)
 	metricsServer := metrics.NewServer(cfg.MetricsBindAddress, m)
+	metricsServer.SetZPages(zpages(o))
 	servicesDebug := &servicesDebug{logger: logger, proxiers: proxiers, configs: rulesConfigs,
 		client: client}
 	if err := mountDebug(metricsServer, o, proxiers, servicesDebug); err != nil {

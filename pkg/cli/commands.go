@@ -6,10 +6,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 
+	"github.com/spf13/pflag"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
 
 	"github.com/iptproxy/iptproxy/pkg/explain"
 	"github.com/iptproxy/iptproxy/pkg/iptables"
@@ -22,7 +25,7 @@ func runShow(ctx context.Context, env Env, args []string) error {
 	var src sourceFlags
 	var live bool
 	var backendFlag string
-	fs := newFlagSet(env, "show", "show service NAMESPACE/NAME [flags]")
+	fs := newFlagSet(&env, "show", "show service NAMESPACE/NAME [flags]")
 	src.add(fs)
 	fs.BoolVar(&live, "live", false, "trace through this node's kernel rules instead of the rendered ones (run on the node)")
 	fs.StringVar(&backendFlag, "backend", "", "iptables backend of the live rules: nft or legacy (default: detected)")
@@ -57,6 +60,14 @@ func runShow(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if !live && src.nodeIPsUnknown(models) {
+		for _, p := range r.Ports {
+			if p.NodePort != 0 {
+				fmt.Fprintf(env.Stderr, "warning: %s: NodePort %d is not shown: give --node-ip (or put the Node in -f)\n", src.noNodeIPs(r.Node), p.NodePort)
+				break
+			}
+		}
+	}
 	if src.output == "json" {
 		return explain.WriteJSON(env.Stdout, r)
 	}
@@ -72,7 +83,7 @@ type renderedFamily struct {
 func runRender(ctx context.Context, env Env, args []string) error {
 	var src sourceFlags
 	var family string
-	fs := newFlagSet(env, "render", "render [flags]")
+	fs := newFlagSet(&env, "render", "render [flags]")
 	src.add(fs)
 	fs.StringVar(&family, "family", "", "render only this IP family (IPv4 or IPv6); default both, primary first")
 	if err := parse(fs, args); err != nil {
@@ -119,8 +130,9 @@ type diffFamily struct {
 func runDiff(ctx context.Context, env Env, args []string) error {
 	var src sourceFlags
 	var backendFlag string
-	fs := newFlagSet(env, "diff", "diff [flags]")
+	fs := newFlagSet(&env, "diff", "diff [flags]")
 	src.add(fs)
+	src.onNode = true
 	fs.StringVar(&backendFlag, "backend", "", "iptables backend to read: nft or legacy (default: detected)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -131,7 +143,7 @@ func runDiff(ctx context.Context, env Env, args []string) error {
 	if fs.NArg() > 0 {
 		return usagef("diff takes no arguments, got %q", fs.Args())
 	}
-	backend, err := chooseBackend(ctx, backendFlag)
+	backend, err := chooseBackend(ctx, env, backendFlag)
 	if err != nil {
 		return err
 	}
@@ -183,9 +195,11 @@ func runDiff(ctx context.Context, env Env, args []string) error {
 	return nil
 }
 
-func chooseBackend(ctx context.Context, flag string) (iptables.Backend, error) {
+// chooseBackend is --backend, or the detected backend. Detection logs its
+// reason through env's logger: quiet unless -v.
+func chooseBackend(ctx context.Context, env Env, flag string) (iptables.Backend, error) {
 	if flag == "" || flag == "auto" {
-		b, err := iptables.DetectBackend(ctx)
+		b, err := iptables.DetectBackend(klog.NewContext(ctx, env.Logger))
 		if err != nil {
 			return "", fmt.Errorf("detecting the iptables backend (give --backend): %w", err)
 		}
@@ -211,7 +225,7 @@ type traceFlags struct {
 func runTrace(ctx context.Context, env Env, args []string) error {
 	var src sourceFlags
 	var tf traceFlags
-	fs := newFlagSet(env, "trace", "trace --src IP --dst IP --dport PORT [--proto tcp|udp|sctp] [--in-interface IF] [flags]\n\n"+
+	fs := newFlagSet(&env, "trace", "trace --src IP --dst IP --dport PORT [--proto tcp|udp|sctp] [--in-interface IF] [flags]\n\n"+
 		"Rules: the live kernel's (default), --rules FILE (iptables-save or restore text, e.g. from render),\n"+
 		"or rendered from objects: -f FILE... or --from-api.")
 	src.add(fs)
@@ -231,7 +245,7 @@ func runTrace(ctx context.Context, env Env, args []string) error {
 	if err := checkOutput(src.output); err != nil {
 		return err
 	}
-	pkt, err := tf.packet()
+	pkt, err := tf.packet(fs)
 	if err != nil {
 		return err
 	}
@@ -251,6 +265,11 @@ func runTrace(ctx context.Context, env Env, args []string) error {
 		models, err := src.models(ctx, env)
 		if err != nil {
 			return err
+		}
+		if src.nodeIPsUnknown(models) {
+			if svc := src.nodePortOf(pkt.DstPort, pkt.Protocol); svc != "" {
+				return usagef("--dport %d is the NodePort of %s, but %s: give --node-ip", pkt.DstPort, svc, src.noNodeIPs(models[0].Config.NodeName))
+			}
 		}
 		for _, m := range models {
 			if m.Config.Family == family {
@@ -275,14 +294,27 @@ func runTrace(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if tf.rulesFile != "" && len(src.nodeIPs) == 0 && r.Verdict == explain.VerdictNotService && len(rs.ChainRules("nat", "KUBE-NODEPORTS")) > 0 {
+		fmt.Fprintf(env.Stderr, "warning: no --node-ip: the node's addresses are unknown, so a packet to a NodePort on the node is traced as not a Service\n")
+	}
 	if src.output == "json" {
 		return explain.WriteJSON(env.Stdout, r)
 	}
 	return explain.WriteTrace(env.Stdout, r)
 }
 
-func (tf *traceFlags) packet() (trace.Packet, error) {
+func (tf *traceFlags) packet(fs *pflag.FlagSet) (trace.Packet, error) {
 	var pkt trace.Packet
+	// Worded as cobra words it for kubectl's required flags.
+	var missing []string
+	for _, f := range []string{"dport", "dst", "src"} {
+		if !fs.Changed(f) {
+			missing = append(missing, strconv.Quote(f))
+		}
+	}
+	if len(missing) > 0 {
+		return pkt, usagef("required flag(s) %s not set", strings.Join(missing, ", "))
+	}
 	s, err := netip.ParseAddr(tf.src)
 	if err != nil {
 		return pkt, usagef("--src: %w", err)
@@ -340,7 +372,7 @@ func rulesFromFile(ctx context.Context, env Env, src *sourceFlags, path string, 
 // liveRules reads the kernel's filter and nat tables; the node's addresses
 // are the machine's.
 func liveRules(ctx context.Context, env Env, backendFlag string, family v1.IPFamily) (*ruleset.Ruleset, trace.Node, error) {
-	backend, err := chooseBackend(ctx, backendFlag)
+	backend, err := chooseBackend(ctx, env, backendFlag)
 	if err != nil {
 		return nil, trace.Node{}, err
 	}

@@ -37,6 +37,8 @@ const (
 //   - /healthz and /healthz/ping: a liveness "ping" of the HTTP server
 //     itself, as kube-proxy does on this port (it always answers "ok"; the
 //     proxy's real health is on the healthz port, see package healthcheck);
+//   - /statusz and /flagz, kube-proxy's z-pages, once SetZPages is called
+//     (see zpages.go);
 //   - whatever was added with Handle.
 //
 // kube-proxy serves no /livez on this port. A caller that wants the proxy's
@@ -46,8 +48,9 @@ type Server struct {
 	bindAddress string
 	metrics     http.Handler
 
-	mu    sync.Mutex
-	extra map[string]http.Handler
+	mu     sync.Mutex
+	extra  map[string]http.Handler
+	zpages *ZPages
 }
 
 // NewServer returns a metrics server for bindAddress (host:port) exporting m.
@@ -109,6 +112,10 @@ func (s *Server) buildMux(extra map[string]http.Handler) (mux *http.ServeMux, er
 		"/proxyMode":    http.HandlerFunc(serveProxyMode),
 		"/healthz":      http.HandlerFunc(servePingHealthz),
 		"/healthz/ping": http.HandlerFunc(servePing),
+	}
+	if s.zpages != nil {
+		paths := slices.Concat(slices.Collect(maps.Keys(defaults)), slices.Collect(maps.Keys(extra)))
+		maps.Copy(defaults, s.zpages.handlers(paths))
 	}
 	for p, h := range defaults {
 		if _, overridden := extra[p]; !overridden {

@@ -116,6 +116,7 @@ type Options struct {
 	hostnameOverride      string
 	iptablesSyncPeriod    time.Duration
 	iptablesMinSyncPeriod time.Duration
+	flagSet               *pflag.FlagSet
 	ipvsSyncPeriod        time.Duration
 	ipvsMinSyncPeriod     time.Duration
 	clusterCIDR           string
@@ -182,14 +183,15 @@ func inapplicableFlags() []string {
 // with fs.AddGoFlagSet, which skips the names already registered.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	c := o.Config
+	o.flagSet = fs
 
 	// Flags honoured with or without a configuration file.
 	fs.StringVar(&o.ConfigFile, "config", o.ConfigFile, "The path to the configuration file.")
 	fs.StringVar(&o.WriteConfigTo, "write-config-to", o.WriteConfigTo, "If set, write the default configuration values to this file and exit.")
-	fs.BoolVar(&o.CleanupAndExit, "cleanup", o.CleanupAndExit, "If true cleanup iptables and ipvs rules and exit.")
+	fs.BoolVar(&o.CleanupAndExit, "cleanup", o.CleanupAndExit, "If true, remove every chain and jump iptproxy (or kube-proxy's iptables mode) installed, in both iptables backends and both IP families, and exit.")
 	fs.StringVar(&o.Master, "master", o.Master, "The address of the Kubernetes API server (overrides any value in kubeconfig)")
 	fs.StringVar(&o.hostnameOverride, "hostname-override", o.hostnameOverride, "If non-empty, will be used as the name of the Node that kube-proxy is running on. If unset, the node name is assumed to be the same as the node's hostname.")
-	fs.BoolVar(&o.InitAndExit, "init-only", o.InitAndExit, "If true, perform any initialization steps that must be done with full root privileges, and then exit. After doing this, you can run kube-proxy again with only the CAP_NET_ADMIN capability.")
+	fs.BoolVar(&o.InitAndExit, "init-only", o.InitAndExit, "If true, perform any initialization steps that must be done with full root privileges, and then exit. (Accepted for kube-proxy compatibility; iptproxy does not implement it yet.)")
 	fs.Var(&backendValue{&o.IPTablesBackend}, "iptables-backend", "(iptproxy only) Which iptables implementation to program: 'nft' (iptables-nft), 'legacy' (iptables-legacy), or 'auto' to use the one that already holds the node's rules, preferring nft.")
 
 	// Flags that set configuration values; ignored when --config is given.
@@ -214,7 +216,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 			"The format is <major>.<minor>, e.g.: '1.16'. "+
 			"The purpose of this format is make sure you have the opportunity to notice if the next release hides additional metrics, "+
 			"rather than being surprised when they are permanently removed in the release after that. "+ignoredFlagHelp)
-	cfs.Var(&proxyModeValue{&c.Mode}, "proxy-mode", "Which proxy mode to use: on Linux this can be 'iptables' (default), 'ipvs', or 'nftables'. On Windows the only supported value is 'kernelspace'. "+
+	cfs.Var(&proxyModeValue{&c.Mode}, "proxy-mode", "Which proxy mode to use: iptproxy implements only 'iptables' (the default); any other value is an error. "+
 		ignoredFlagHelp)
 
 	cfs.Int32Var(c.IPTables.MasqueradeBit, "iptables-masquerade-bit", ptr.Deref(c.IPTables.MasqueradeBit, 14), "If using the iptables or ipvs proxy mode, the bit of the fwmark space to mark packets requiring SNAT with.  Must be within the range [0, 31].")
@@ -225,14 +227,14 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 
 	// kube-proxy shows its mode-independent sync periods as the defaults of
 	// the IPVS flags, which are the iptables ones.
-	cfs.DurationVar(&o.ipvsSyncPeriod, "ipvs-sync-period", c.IPTables.SyncPeriod.Duration, "An interval (e.g. '5s', '1m', '2h22m') indicating how frequently various re-synchronizing and cleanup operations are performed. Must be greater than 0.")
-	cfs.DurationVar(&o.ipvsMinSyncPeriod, "ipvs-min-sync-period", c.IPTables.MinSyncPeriod.Duration, "The minimum period between IPVS rule resyncs (e.g. '5s', '1m', '2h22m'). A value of 0 means every Service or EndpointSlice change will result in an immediate IPVS resync.")
-	cfs.StringVar(&c.IPVS.Scheduler, "ipvs-scheduler", c.IPVS.Scheduler, "The ipvs scheduler type when proxy mode is ipvs")
-	cfs.StringSliceVar(&c.IPVS.ExcludeCIDRs, "ipvs-exclude-cidrs", c.IPVS.ExcludeCIDRs, "A comma-separated list of CIDRs which the ipvs proxier should not touch when cleaning up IPVS rules.")
-	cfs.BoolVar(&c.IPVS.StrictARP, "ipvs-strict-arp", c.IPVS.StrictARP, "Enable strict ARP by setting arp_ignore to 1 and arp_announce to 2")
-	cfs.DurationVar(&c.IPVS.TCPTimeout.Duration, "ipvs-tcp-timeout", c.IPVS.TCPTimeout.Duration, "The timeout for idle IPVS TCP connections, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
-	cfs.DurationVar(&c.IPVS.TCPFinTimeout.Duration, "ipvs-tcpfin-timeout", c.IPVS.TCPFinTimeout.Duration, "The timeout for IPVS TCP connections after receiving a FIN packet, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
-	cfs.DurationVar(&c.IPVS.UDPTimeout.Duration, "ipvs-udp-timeout", c.IPVS.UDPTimeout.Duration, "The timeout for IPVS UDP packets, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
+	cfs.DurationVar(&o.ipvsSyncPeriod, "ipvs-sync-period", c.IPTables.SyncPeriod.Duration, "An interval (e.g. '5s', '1m', '2h22m') indicating how frequently various re-synchronizing and cleanup operations are performed. Must be greater than 0. (ipvs mode only: accepted and ignored by iptproxy)")
+	cfs.DurationVar(&o.ipvsMinSyncPeriod, "ipvs-min-sync-period", c.IPTables.MinSyncPeriod.Duration, "The minimum period between IPVS rule resyncs (e.g. '5s', '1m', '2h22m'). A value of 0 means every Service or EndpointSlice change will result in an immediate IPVS resync. (ipvs mode only: accepted and ignored by iptproxy)")
+	cfs.StringVar(&c.IPVS.Scheduler, "ipvs-scheduler", c.IPVS.Scheduler, "The ipvs scheduler type when proxy mode is ipvs (ipvs mode only: accepted and ignored by iptproxy)")
+	cfs.StringSliceVar(&c.IPVS.ExcludeCIDRs, "ipvs-exclude-cidrs", c.IPVS.ExcludeCIDRs, "A comma-separated list of CIDRs which the ipvs proxier should not touch when cleaning up IPVS rules. (ipvs mode only: accepted and ignored by iptproxy)")
+	cfs.BoolVar(&c.IPVS.StrictARP, "ipvs-strict-arp", c.IPVS.StrictARP, "Enable strict ARP by setting arp_ignore to 1 and arp_announce to 2 (ipvs mode only: accepted and ignored by iptproxy)")
+	cfs.DurationVar(&c.IPVS.TCPTimeout.Duration, "ipvs-tcp-timeout", c.IPVS.TCPTimeout.Duration, "The timeout for idle IPVS TCP connections, 0 to leave as-is. (e.g. '5s', '1m', '2h22m'). (ipvs mode only: accepted and ignored by iptproxy)")
+	cfs.DurationVar(&c.IPVS.TCPFinTimeout.Duration, "ipvs-tcpfin-timeout", c.IPVS.TCPFinTimeout.Duration, "The timeout for IPVS TCP connections after receiving a FIN packet, 0 to leave as-is. (e.g. '5s', '1m', '2h22m'). (ipvs mode only: accepted and ignored by iptproxy)")
+	cfs.DurationVar(&c.IPVS.UDPTimeout.Duration, "ipvs-udp-timeout", c.IPVS.UDPTimeout.Duration, "The timeout for IPVS UDP packets, 0 to leave as-is. (e.g. '5s', '1m', '2h22m'). (ipvs mode only: accepted and ignored by iptproxy)")
 
 	cfs.Var(&localModeValue{&c.DetectLocalMode}, "detect-local-mode", "Mode to use to detect local traffic. "+ignoredFlagHelp)
 	cfs.StringVar(&c.DetectLocal.BridgeInterface, "pod-bridge-interface", c.DetectLocal.BridgeInterface, "A bridge interface name. When --detect-local-mode is set to BridgeInterface, kube-proxy will consider traffic to be local if it originates from this bridge.")
@@ -267,6 +269,10 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	// its logging section).
 	logsapi.AddFlags(&c.Logging, fs)
 }
+
+// FlagSet is the flag set AddFlags registered on (the whole command line,
+// which kube-proxy serves on /flagz), or nil before AddFlags.
+func (o *Options) FlagSet() *pflag.FlagSet { return o.flagSet }
 
 // defaultOOMScoreAdj is kube-proxy's OOM score adjustment (qos.KubeProxyOOMScoreAdj).
 const defaultOOMScoreAdj int32 = -999

@@ -1,7 +1,7 @@
 module github.com/iptproxy/iptproxy/hack/tools/k8s
 
 // This module only builds kube-apiserver and kube-proxy from the Go module
-// proxy at a pinned release; see hack/build-k8s.sh.
+// proxy at a pinned release; see hack/build-tools.sh (make tools).
 
 go 1.26.0
 

@@ -4,7 +4,7 @@
 // Service to show which backend answered. hack/demo.sh builds and runs it
 // (as root).
 //
-//	demo [--keep] [--proxy iptproxy|kube-proxy] [--requests 9]
+//	demo [--keep] [--proxy iptproxy|kube-proxy] [--requests 300]
 //
 // With --keep it keeps everything running and prints how to reach it until
 // Ctrl-C. Everything is removed on exit, also on Ctrl-C.
@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -33,7 +32,7 @@ import (
 func main() {
 	keep := flag.Bool("keep", false, "keep the cluster running until Ctrl-C and print how to reach it")
 	proxy := flag.String("proxy", "iptproxy", "proxy to run on the nodes: iptproxy or kube-proxy (upstream, for comparison)")
-	requests := flag.Int("requests", 9, "number of requests to send through the Service")
+	requests := flag.Int("requests", 300, "number of requests to send through the Service (each way)")
 	flag.Parse()
 	if *proxy != "iptproxy" && *proxy != "kube-proxy" {
 		fmt.Fprintf(os.Stderr, "unknown --proxy %q\n", *proxy)
@@ -132,20 +131,26 @@ func run(s *framework.Session, proxy string, requests int, keep bool) {
 	client.WaitForBackends(s, v1.ProtocolTCP, v4, names, 60*time.Second)
 
 	step("sending %d TCP requests from pod client to %s", requests, v4)
-	sendRequests(s, client.NS, v1.ProtocolTCP, v4, requests)
+	sendRequests(s, client.NS, v1.ProtocolTCP, v4, requests, names)
 	if v6 := framework.ServiceAddr(svc, v1.IPv6Protocol, 80); v6.IsValid() {
 		client.WaitForBackends(s, v1.ProtocolUDP, v6, names, 30*time.Second)
 		step("sending %d UDP requests from pod client to %s", requests, v6)
-		sendRequests(s, client.NS, v1.ProtocolUDP, v6, requests)
+		sendRequests(s, client.NS, v1.ProtocolUDP, v6, requests, names)
 	}
 	outside := c.AddClient(s, "outside")
 	np := netip.AddrPortFrom(n2.IP(v1.IPv4Protocol), uint16(nodePort))
 	outside.WaitForBackends(s, v1.ProtocolTCP, np, names, 60*time.Second)
-	step("sending 3 TCP requests from outside client (%v, not a node) to node port %s", outside.IP(v1.IPv4Protocol), np)
+	step("sending %d TCP requests from outside client (%v, not a node) to node port %s", requests, outside.IP(v1.IPv4Protocol), np)
 	fmt.Println("    (traffic from outside the cluster CIDR is masqueraded: backends see an address of node-2)")
-	sendRequests(s, outside.NS, v1.ProtocolTCP, np, 3)
+	sendRequests(s, outside.NS, v1.ProtocolTCP, np, requests, names)
 
-	step("the rules %s wrote for demo/web on node-1", proxy)
+	// show and trace come with iptproxy; they read kube-proxy's rules too.
+	bin := framework.RequireIPTProxy(s)
+	showService(s, n1, bin, daemons[0].ConfigPath())
+	traceOne(s, n1, bin, client, v4)
+
+	step("the raw rules behind it: what %s wrote for demo/web on node-1", proxy)
+	fmt.Println("    (the chains of the drawing above, as iptables-save prints them; each rule's comment names the Service)")
 	fmt.Printf("    $ ip netns exec %s iptables-save -t nat | grep KUBE | grep demo/web\n", n1.NetNS.Name())
 	for _, l := range strings.Split(n1.IPTablesSave(s, v1.IPv4Protocol, "nat"), "\n") {
 		if strings.Contains(l, "KUBE") && strings.Contains(l, "demo/web") {
@@ -159,31 +164,29 @@ func run(s *framework.Session, proxy string, requests int, keep bool) {
 	printHowTo(c, svc, client, outside, daemons)
 }
 
-// sendRequests sends n requests from ns to addr and prints who answered.
-func sendRequests(s *framework.Session, ns *framework.NS, proto v1.Protocol, addr netip.AddrPort, n int) {
+// sendRequests sends n requests from ns to addr, prints the first answers
+// and then how the answers spread over the backends.
+func sendRequests(s *framework.Session, ns *framework.NS, proto v1.Protocol, addr netip.AddrPort, n int, backends []string) {
+	const shown = 3
 	counts := map[string]int{}
 	for i := 1; i <= n; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		r, err := ns.Request(ctx, proto, addr)
 		cancel()
 		if err != nil {
-			fmt.Printf("    %2d: error: %v\n", i, err)
+			fmt.Printf("    %3d: error: %v\n", i, err)
 			counts["(error)"]++
 			continue
 		}
-		fmt.Printf("    %2d: answered by %-6s (it saw the request come from %s)\n", i, r.Name, r.Source)
+		if i <= shown {
+			fmt.Printf("    %3d: answered by %-6s (it saw the request come from %s)\n", i, r.Name, r.Source)
+		}
 		counts[r.Name]++
 	}
-	var keys []string
-	for k := range counts {
-		keys = append(keys, k)
+	if n > shown {
+		fmt.Printf("    ... and %d more\n", n-shown)
 	}
-	sort.Strings(keys)
-	var parts []string
-	for _, k := range keys {
-		parts = append(parts, fmt.Sprintf("%s x%d", k, counts[k]))
-	}
-	fmt.Printf("    load balanced: %s\n", strings.Join(parts, ", "))
+	spread(counts, backends, n)
 	if counts["(error)"] > 0 {
 		s.Errorf("%d of %d requests failed", counts["(error)"], n)
 	}
