@@ -28,6 +28,9 @@ type Applied struct {
 	// not (0: unknown, after an adoption or a Forget). A ruleset with a
 	// Delta since that generation is planned from its delta alone.
 	basis map[iptables.Table]uint64
+	// trusted is true while the record is known to match the kernel (see
+	// Trust).
+	trusted bool
 }
 
 // appliedChain is the record of one chain: its content hash.
@@ -44,6 +47,16 @@ func NewApplied() *Applied {
 func (a *Applied) Follows(generation uint64) bool {
 	return generation != 0 && a.basis[iptables.TableFilter] == generation && a.basis[iptables.TableNAT] == generation
 }
+
+// Trust says whether the record is known to match the kernel now, because
+// nobody but iptproxy has written to the tables since they were last
+// compared with it (the nftables generation proves that). A delta plan then
+// writes only the chains whose content changed. Otherwise, the default, it
+// writes every chain the delta holds but the dispatch chains (the
+// top-level chains and every chain of a changed Service port), whatever
+// their hash, as kube-proxy does: the record is what iptproxy wrote, not
+// necessarily what the kernel holds.
+func (a *Applied) Trust(trusted bool) { a.trusted = trusted }
 
 // Chains returns how many chains the record holds for table.
 func (a *Applied) Chains(table iptables.Table) int { return len(a.tables[table]) }
@@ -258,7 +271,7 @@ func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string)
 			if t.name == iptables.TableNAT {
 				gone = d.GoneNAT
 			}
-			tp = planDelta(t.name, t.chains, gone, applied.tables[t.name], tc, owned)
+			tp = planDelta(t.name, t.chains, gone, applied.tables[t.name], tc, owned, !applied.trusted)
 		} else {
 			tp = planTable(t.name, t.chains, applied.tables[t.name], tc, owned)
 		}
@@ -346,17 +359,18 @@ func planTable(name iptables.Table, chains []*rules.Chain, have map[string]appli
 
 // planDelta plans a table from a ruleset's delta against the ruleset last
 // committed: only the fresh chains can differ from the record, and only
-// the gone ones can need deleting. Every fresh chain but the dispatch
-// chains is written, whatever the record says, as kube-proxy rewrites the
-// top-level chains and every chain of a changed Service on every sync: the
-// record is what iptproxy wrote, not what the kernel holds now, and a
-// chain someone else changed is repaired as soon as its Service changes.
-// A rebuilt dispatch subtree is written only where it differs (it holds
-// many chains a change leaves as they were; the drift checks watch them).
-func planDelta(name iptables.Table, fresh []*rules.Chain, gone []string, have map[string]appliedChain, tc *tableCommit, owned func(string) bool) *tablePlan {
+// the gone ones can need deleting. With force (a record not known to match
+// the kernel, see Applied.Trust), every fresh chain but the dispatch chains
+// is written whatever the record says, as kube-proxy rewrites the
+// top-level chains and every chain of a changed Service on every sync, so
+// that a chain someone else changed is repaired as soon as its Service
+// changes. A rebuilt dispatch subtree is written only where it differs (it
+// holds many chains a change leaves as they were; the drift checks watch
+// them).
+func planDelta(name iptables.Table, fresh []*rules.Chain, gone []string, have map[string]appliedChain, tc *tableCommit, owned func(string) bool, force bool) *tablePlan {
 	tp := &tablePlan{name: name}
 	for _, c := range fresh {
-		tp.compare(c, have, tc, !strings.HasPrefix(c.Name, rules.PrefixDispatch))
+		tp.compare(c, have, tc, force && !strings.HasPrefix(c.Name, rules.PrefixDispatch))
 	}
 	var deleted []string
 	for _, n := range gone {

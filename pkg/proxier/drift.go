@@ -64,6 +64,7 @@ func (p *Proxier) checkDrift(ctx context.Context) {
 	}
 	p.logger.V(2).Info("Compared the tables with what iptproxy wrote", "elapsed", elapsed, "drifted", countAll(tableMap(drifted)))
 	if len(drifted) == 0 {
+		p.verified, p.verifiedOK = foreign, known
 		return
 	}
 	for t, names := range drifted {

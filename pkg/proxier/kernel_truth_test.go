@@ -206,3 +206,64 @@ func TestDriftCheck(t *testing.T) {
 		}
 	}
 }
+
+// TestDeltaSyncsTrustOnlyAProvenRecord checks, on nft with the Journal,
+// what an endpoint change writes: while nobody else has written since the
+// record was verified, only the chains whose content changed; after a
+// foreign write, the top-level chains and every chain of the changed
+// Service, as kube-proxy does, which repairs a flushed endpoint chain.
+func TestDeltaSyncsTrustOnlyAProvenRecord(t *testing.T) {
+	kerneltest.Enter(t)
+	ctx := context.Background()
+	if err := iptables.Present(ctx, v1.IPv4Protocol, iptables.BackendNFT); err != nil {
+		t.Skipf("iptables-nft not usable here: %v", err)
+	}
+	ipt, err := iptables.New(v1.IPv4Protocol, iptables.BackendNFT, iptables.WithJournal(iptables.NewJournal()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ipt.Foreign(); !ok {
+		t.Skip("nftables generation not readable here")
+	}
+	logger, _ := ktesting.NewTestContext(t)
+	p := New(logger, Options{Rules: kernelRulesConfig(), SyncPeriod: time.Minute, IPTables: ipt})
+	loadRichCluster(p)
+	p.OnServicesSynced()
+	p.OnEndpointSlicesSynced()
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	spn := proxy.ServicePortName{NamespacedName: s2nn("ns", "plain"), Port: "p", Protocol: v1.ProtocolTCP}
+	svc := rules.ChainNamesFor(spn).Cluster
+	nat, _ := ipt.Save(ctx, iptables.TableNAT)
+	sep := endpointChainOf(t, nat, svc)
+	_, eps := richCluster()
+	addEndpoint := func(ip string) {
+		s := eps[0].DeepCopy()
+		s.Endpoints = append(s.Endpoints, s.Endpoints[0])
+		s.Endpoints[len(s.Endpoints)-1].Addresses = []string{ip}
+		p.OnEndpointSliceUpdate(s, false)
+		if err := p.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	addEndpoint("10.1.0.9")
+	written := p.LastSync().ChainsWritten
+	if slices.Contains(written["nat"], rules.ChainServices) || len(written["filter"]) != 0 || slices.Contains(written["nat"], sep) {
+		t.Errorf("with a proven record an endpoint change wrote %v; want only the changed chains", written)
+	}
+
+	kerneltest.Run(t, "iptables-nft", "-t", "nat", "-F", sep)
+	addEndpoint("10.1.0.8")
+	written = p.LastSync().ChainsWritten
+	for _, want := range []string{rules.ChainServices, svc, sep} {
+		if !slices.Contains(written["nat"], want) {
+			t.Errorf("after a foreign write the endpoint change did not write %s (wrote %v)", want, written["nat"])
+		}
+	}
+	nat, _ = ipt.Save(ctx, iptables.TableNAT)
+	if len(planner.ParseSave(nat)[sep]) == 0 {
+		t.Errorf("flushed endpoint chain %s not repaired by its Service's change", sep)
+	}
+}

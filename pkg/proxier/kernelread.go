@@ -29,6 +29,14 @@ func (p *Proxier) foreign() (uint64, bool) {
 	return 0, false
 }
 
+// kernelMatchesRecord reports whether nobody but iptproxy has written to
+// the tables since the record was last known to match them, so that the
+// record is what the kernel holds (only the nft backend can tell).
+func (p *Proxier) kernelMatchesRecord() bool {
+	n, ok := p.foreign()
+	return ok && p.verifiedOK && n == p.verified
+}
+
 // earlySaves are iptables-save dumps read ahead of the full sync that
 // adopts them: at start, while the informers are still listing (at 10,000
 // Services a dump takes seconds, 3 s for nat on iptables-nft, and the

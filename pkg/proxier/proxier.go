@@ -130,6 +130,12 @@ type Proxier struct {
 	lastFullSync time.Time
 	early        *earlySaves
 	drift        driftState
+	// verified is the backend's count of foreign writes when the record
+	// was last known to match the kernel (after a full sync or a drift
+	// check that found nothing); verifiedOK is false when that is not
+	// known. See kernelMatchesRecord.
+	verified   uint64
+	verifiedOK bool
 	topologyZone string
 	nodeIPs      []netip.Addr
 }
@@ -368,6 +374,7 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 	defer func() {
 		report.Duration = p.now().Sub(start)
 		if err != nil {
+			p.verifiedOK = false
 			report.Error = err.Error()
 			// The tracker's changes are folded in; only a full sync can
 			// be sure to get everything right now.
@@ -432,16 +439,24 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 		// a whole-table cache fetch on iptables-nft at scale).
 		saves := map[iptables.Table][]byte{}
 		early := p.takeEarlySaves(ctx)
+		readAt, readOK := p.foreign()
+		if early != nil {
+			readAt, readOK = early.foreign, early.known
+		}
 		for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
 			save, err := early.get(ctx, p.opts.IPTables, t)
 			if err != nil {
 				logger.Error(err, "Reading the current rules failed; rewriting every chain", "table", t)
 				p.applied.Forget(t)
+				readOK = false
 				continue
 			}
 			saves[t] = save
 			p.applied.Adopt(t, save)
 		}
+		// Once this sync commits, the record matches what was read plus
+		// iptproxy's own writes.
+		defer func() { p.verified, p.verifiedOK = readAt, readOK && err == nil }()
 		if err := p.ensureBase(ctx, saves); err != nil {
 			return err
 		}
@@ -452,6 +467,7 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 		// record that does not follow the last render).
 		changed = nil
 	}
+	p.applied.Trust(!full && p.kernelMatchesRecord())
 	rs := p.renderer.Render(state, changed)
 	p.state = state
 	p.generation.Store(rs.Generation)
