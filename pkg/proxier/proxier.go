@@ -134,8 +134,8 @@ type Proxier struct {
 	// was last known to match the kernel (after a full sync or a drift
 	// check that found nothing); verifiedOK is false when that is not
 	// known. See kernelMatchesRecord.
-	verified   uint64
-	verifiedOK bool
+	verified     uint64
+	verifiedOK   bool
 	topologyZone string
 	nodeIPs      []netip.Addr
 }
