@@ -24,7 +24,7 @@ type Restore struct {
 }
 
 // IPv6 reports whether the restore was for the IPv6 tables.
-func (r Restore) IPv6() bool { return strings.HasPrefix(r.Tool, "ip6tables") }
+func (r Restore) IPv6() bool { return strings.HasPrefix(r.Tool, "ip6tables") || r.Tool == "nft-ip6" }
 
 // ParseRestoreLog parses the shim's log: one line per run,
 // "<start> <end> <bytes> <exit code> <tool>", times as bash's

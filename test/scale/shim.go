@@ -11,6 +11,9 @@ import (
 //go:embed restore-shim.sh
 var restoreShim []byte
 
+//go:embed nft-shim.sh
+var nftShim []byte
+
 // EnvRestoreLog is the variable that tells the restore shim where to log.
 const EnvRestoreLog = "IPTPROXY_BENCH_RESTORE_LOG"
 
@@ -62,7 +65,21 @@ func InstallTools(dir, backend, realDir string) (ToolDir, error) {
 			}
 		}
 	}
+	if realNFT := filepath.Join(realDir, "nft"); fileExists(realNFT) {
+		shim := filepath.Join(dir, "nft")
+		if err := os.WriteFile(shim, nftShim, 0o755); err != nil {
+			return ToolDir{}, fmt.Errorf("writing %s: %w", shim, err)
+		}
+		if err := os.Symlink(realNFT, shim+".real"); err != nil {
+			return ToolDir{}, fmt.Errorf("linking %s.real: %w", shim, err)
+		}
+	}
 	return td, nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // SaveTool returns the backend's iptables-save for the IPv4 tables.
