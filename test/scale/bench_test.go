@@ -215,25 +215,6 @@ func tableColumns(proxies []string) []string {
 	return cols
 }
 
-// Metric keys of the benchmark's rows (Row.Key), which hack/benchchart
-// reads.
-const (
-	KeyCold           = "cold"
-	KeyChange         = "change"
-	KeyRestart        = "restart"
-	KeyRestartBackend = "restart-backend"
-	KeyRSS            = "rss"
-	KeyHWM            = "hwm"
-	KeyColdBytes      = "cold-bytes"
-	KeyChangeBytes    = "change-bytes"
-	KeyRestartBytes   = "restart-bytes"
-	KeyFirstSvcP50    = "first-packet-services-p50"
-	KeyFirstSvcP90    = "first-packet-services-p90"
-	KeyFirstNoneP50   = "first-packet-non-service-p50"
-	KeyFirstNoneP90   = "first-packet-non-service-p90"
-	KeyBaseline       = "no-rules-connect-p50"
-)
-
 // rowsFor turns the proxies' results into table rows; a proxy without a
 // result shows as "not run".
 func rowsFor(size Size, backend string, results map[string]*proxyResult, cfg benchConfig) []Row {

@@ -7,6 +7,25 @@ import (
 	"time"
 )
 
+// Metric keys of the benchmark's rows (Row.Key), which hack/benchchart
+// reads.
+const (
+	KeyCold           = "cold"
+	KeyChange         = "change"
+	KeyRestart        = "restart"
+	KeyRestartBackend = "restart-backend"
+	KeyRSS            = "rss"
+	KeyHWM            = "hwm"
+	KeyColdBytes      = "cold-bytes"
+	KeyChangeBytes    = "change-bytes"
+	KeyRestartBytes   = "restart-bytes"
+	KeyFirstSvcP50    = "first-packet-services-p50"
+	KeyFirstSvcP90    = "first-packet-services-p90"
+	KeyFirstNoneP50   = "first-packet-non-service-p50"
+	KeyFirstNoneP90   = "first-packet-non-service-p90"
+	KeyBaseline       = "no-rules-connect-p50"
+)
+
 // Report is the benchmark's machine-readable output (bench-<time>.json
 // beside the Markdown table), read by hack/benchchart.
 type Report struct {
