@@ -170,7 +170,7 @@ func (w *world) churn(t *testing.T, spec runSpec, rate int, dur time.Duration) *
 	}
 	note("cold start took %v", done.Sub(t0).Round(time.Millisecond))
 	time.Sleep(300 * time.Millisecond)
-	settle(pn.restores, 3*time.Second, 2*time.Minute)
+	settle(pn.restores, pn.td.Running, 3*time.Second, 2*time.Minute)
 
 	before, err := programming(ctx, pn.d)
 	if err != nil {
@@ -259,7 +259,7 @@ loop:
 		return res
 	}
 	time.Sleep(time.Second)
-	settle(pn.restores, 3*time.Second, spec.cfg.phaseTimeout)
+	settle(pn.restores, pn.td.Running, 3*time.Second, spec.cfg.phaseTimeout)
 	after, err := programming(ctx, pn.d)
 	if err != nil {
 		note("metrics after: %v", err)

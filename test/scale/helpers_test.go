@@ -192,6 +192,10 @@ func TestNFTEndpointJumps(t *testing.T) {
 	chain service-ABCDEFGH-bench/svc-00002/tcp/http {
 	}
 
+	chain service-ZQ5A3XIH-bench/svc-00578/tcp/http {
+		meta l4proto tcp dnat ip to numgen random mod 3 map { 0 : 10.64.22.193 . 8080, 1 : 10.64.22.194 . 8080, 2 : 10.64.22.195 . 8080 }
+	}
+
 	chain endpoint-5OJB2KTY-bench/svc-00001/tcp/http__10.64.0.1/8080 {
 		ip saddr 10.64.0.1 jump mark-for-masquerade
 		meta l4proto tcp dnat to 10.64.0.1:8080
@@ -199,8 +203,8 @@ func TestNFTEndpointJumps(t *testing.T) {
 }
 `
 	got := NFTEndpointJumps(list)
-	want := map[string]int{"bench/svc-00001/tcp/http": 2, "bench/svc-00002/tcp/http": 0}
-	if len(got) != len(want) || got["bench/svc-00001/tcp/http"] != 2 || got["bench/svc-00002/tcp/http"] != 0 {
+	want := map[string]int{"bench/svc-00001/tcp/http": 2, "bench/svc-00002/tcp/http": 0, "bench/svc-00578/tcp/http": 3}
+	if len(got) != len(want) || got["bench/svc-00001/tcp/http"] != 2 || got["bench/svc-00002/tcp/http"] != 0 || got["bench/svc-00578/tcp/http"] != 3 {
 		t.Errorf("NFTEndpointJumps = %v, want %v", got, want)
 	}
 	if k := NFTServiceKey("bench", "svc-00001", "TCP", "http"); k != "bench/svc-00001/tcp/http" {
@@ -293,7 +297,7 @@ func TestParseRestoreLog(t *testing.T) {
 	}{
 		{"all IPv4 (version probe not counted)", false, 1699999999, 1700000009, 1244, 2},
 		{"window", false, 1700000004, 1700000009, 10, 1},
-		{"IPv6", true, 1699999999, 1700000009, 99, 1},
+		{"IPv6: the failed run is not counted", true, 1699999999, 1700000009, 0, 0},
 		{"empty window", false, 1800000000, 1800000001, 0, 0},
 	}
 	for _, tt := range tests {

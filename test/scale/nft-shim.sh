@@ -14,7 +14,11 @@ if [[ $# -ne 2 || "$1" != "-f" || "$2" != "-" ]]; then
 fi
 log="${IPTPROXY_BENCH_RESTORE_LOG:?nft-shim: IPTPROXY_BENCH_RESTORE_LOG is not set}"
 payload="$(mktemp)" || exit 2
-trap 'rm -f "${payload}"' EXIT
+# "<log>.running.<pid>" exists while the real tool runs (the harness waits
+# for none to be left before it calls the daemon settled).
+marker="${log}.running.$$"
+: >"${marker}"
+trap 'rm -f "${payload}" "${marker}"' EXIT
 start="${EPOCHREALTIME}"
 cat >"${payload}"
 bytes="$(stat -c %s "${payload}")"

@@ -2,13 +2,18 @@ package scale
 
 import (
 	"bufio"
+	"strconv"
 	"strings"
 )
 
 // NFTEndpointJumps reads "nft list table ip kube-proxy" output (kube-proxy's
 // nftables mode) and returns, for every Service port chain
-// ("service-<hash>-<namespace>/<name>/<protocol>/<port>"), how many endpoint
-// chains it jumps to, keyed by "<namespace>/<name>/<protocol>/<port>".
+// ("service-<hash>-<namespace>/<name>/<protocol>/<port>"), how many endpoints
+// it picks from, keyed by "<namespace>/<name>/<protocol>/<port>": the N of
+// its "numgen random mod N" rule, whether that rule DNATs through a map of
+// addresses (v1.37: "dnat ip to numgen random mod 10 map { 0 : 10.64.0.1 .
+// 8080, ... }") or jumps through a vmap of endpoint chains (earlier
+// releases).
 func NFTEndpointJumps(list string) map[string]int {
 	out := map[string]int{}
 	sc := bufio.NewScanner(strings.NewReader(list))
@@ -29,7 +34,14 @@ func NFTEndpointJumps(list string) map[string]int {
 		case line == "}":
 			cur = ""
 		case cur != "":
-			out[cur] += strings.Count(line, "goto endpoint-")
+			if _, rest, ok := strings.Cut(line, "numgen random mod "); ok {
+				f := strings.Fields(rest)
+				if len(f) > 0 {
+					if n, err := strconv.Atoi(f[0]); err == nil && n > out[cur] {
+						out[cur] = n
+					}
+				}
+			}
 		}
 	}
 	return out

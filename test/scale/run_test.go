@@ -317,7 +317,7 @@ func (pn *proxyNode) coldStart(t *testing.T, limit time.Duration) (time.Time, ti
 		// its last transactions make them reachable: the cold start lasts
 		// until that burst of restores ends.
 		time.Sleep(300 * time.Millisecond) // the shim logs after the tool exits
-		settle(pn.restores, 3*time.Second, 2*time.Minute)
+		settle(pn.restores, pn.td.Running, 3*time.Second, 2*time.Minute)
 		if end := BurstEnd(pn.restores(), false, t0, 3*time.Second); end.After(done) {
 			pn.note("cold start: the rules checked complete %v after the start; the burst of restores ended %v after it",
 				done.Sub(t0).Round(time.Millisecond), end.Sub(t0).Round(time.Millisecond))
@@ -429,7 +429,7 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 	}
 
 	// 3. Peak memory after settling.
-	settle(restores, 3*time.Second, time.Minute)
+	settle(restores, pn.td.Running, 3*time.Second, time.Minute)
 	_, res.hwm = readMemory(d)
 	if cfg.profile {
 		pn.saveHeapProfile(ctx)
@@ -462,7 +462,7 @@ func (pn *proxyNode) restart(t *testing.T, res *proxyResult) {
 		return
 	}
 	waitLogged(restores, start, time.Minute)
-	settle(restores, 3*time.Second, time.Minute)
+	settle(restores, pn.td.Running, 3*time.Second, time.Minute)
 	if pn.spec.proxy == ProxyIPTProxy || pn.spec.proxy == ProxyIPTProxyBackend {
 		if began, took, ok := FirstFullSync(d.Log(), start.Year(), time.Local); ok {
 			note("restart: the first sync began %v after the start (flags, backend detection, client, RBAC check, the lists of Services and EndpointSlices) and took %v",
@@ -507,10 +507,15 @@ func waitLogged(restores func() []Restore, since time.Time, max time.Duration) {
 	}
 }
 
-// settle waits until no restore has started for quiet, or max has passed.
-func settle(restores func() []Restore, quiet, max time.Duration) {
+// settle waits until no restore runs and none has ended for quiet, or max
+// has passed.
+func settle(restores func() []Restore, running func() bool, quiet, max time.Duration) {
 	deadline := time.Now().Add(max)
 	for time.Now().Before(deadline) {
+		if running() {
+			time.Sleep(500 * time.Millisecond)
+			continue
+		}
 		rs := restores()
 		last := time.Time{}
 		for _, r := range rs {

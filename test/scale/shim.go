@@ -82,6 +82,12 @@ func fileExists(path string) bool {
 	return err == nil
 }
 
+// Running reports whether a shim is running its real tool now.
+func (td ToolDir) Running() bool {
+	m, _ := filepath.Glob(td.Log + ".running.*")
+	return len(m) > 0
+}
+
 // SaveTool returns the backend's iptables-save for the IPv4 tables.
 func (td ToolDir) SaveTool() string { return "iptables-" + td.Backend + "-save" }
 
