@@ -231,7 +231,7 @@ func drawPanel(b *strings.Builder, figures map[string]map[string]map[string]scal
 		yhi = ylo + 1
 	}
 	if math.Log10(hi) > yhi-0.15 {
-		yhi += 0.3 // room for the labels of points at the top
+		yhi += math.Log10(2) + 1e-6 // room for the labels of points at the top
 	}
 	yOf := func(v float64) float64 { return float64(py+plotH) - (math.Log10(v)-ylo)/(yhi-ylo)*float64(plotH) }
 	xOf := func(services int) float64 {
