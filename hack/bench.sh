@@ -18,7 +18,9 @@
 # BENCH_PHASE_TIMEOUT (15m), BENCH_CONNECTS (2000), BENCH_CHANGES (5),
 # BENCH_OUTPUT (_output/bench), BENCH_LOAD_WORKERS (32 parallel creates),
 # BENCH_LOAD_ONLY=1 (only create the objects and report how fast),
-# BENCH_APISERVER_ARGS (extra kube-apiserver flags); for churn
+# BENCH_APISERVER_ARGS (extra kube-apiserver flags), BENCH_KEEP_PAYLOADS=1
+# (keep every restore or nft payload of 1 MB and more in the output
+# directory, to replay with test/scale/restorecost); for churn
 # BENCH_CHURN_SIZE (10000x10), BENCH_CHURN_RATE (100 per second) and
 # BENCH_CHURN_DURATION (10m). BENCH_PROFILE=1 saves each daemon's heap
 # profile (enableProfiling) next to the table.

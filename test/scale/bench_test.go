@@ -51,6 +51,10 @@ const (
 	envLoadOnly = "BENCH_LOAD_ONLY"
 	// envAPIServerArgs are extra kube-apiserver flags, space-separated.
 	envAPIServerArgs = "BENCH_APISERVER_ARGS"
+	// envKeepPayloads, when "1", keeps every restore or nft payload of
+	// 1 MB or more under the output directory (payloads-<node>/), to
+	// replay them (test/scale/restorecost).
+	envKeepPayloads = "BENCH_KEEP_PAYLOADS"
 )
 
 // allProxies are the proxies BENCH_PROXIES may list, in table order; all of
@@ -74,6 +78,7 @@ type benchConfig struct {
 	profile       bool
 	loadWorkers   int
 	loadOnly      bool
+	keepPayloads  bool
 	apiserverArgs []string
 }
 
@@ -114,6 +119,7 @@ func loadConfig(t *testing.T, root string) benchConfig {
 	}
 	cfg.profile = get(envProfile, "0") == "1"
 	cfg.loadOnly = get(envLoadOnly, "0") == "1"
+	cfg.keepPayloads = get(envKeepPayloads, "0") == "1"
 	cfg.apiserverArgs = strings.Fields(os.Getenv(envAPIServerArgs))
 	return cfg
 }

@@ -389,6 +389,13 @@ func TestWriteDaemonWrapper(t *testing.T) {
 	if len(f) != 3 || !strings.HasPrefix(f[0], td.Dir+":") || f[1] != td.Log || f[2] != "arg one" {
 		t.Errorf("wrapper ran with %q, want PATH starting with %q, the log and the arguments", out, td.Dir)
 	}
+	td.Keep = filepath.Join(dir, "keep")
+	if err := WriteDaemonWrapper(wrapper, "/bin/sh", td); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(wrapper, "-c", `echo "$`+EnvKeep+`"`).Output(); err != nil || strings.TrimSpace(string(out)) != td.Keep {
+		t.Errorf("wrapper with Keep: %s=%q (%v), want %q", EnvKeep, out, err, td.Keep)
+	}
 }
 
 func TestRules(t *testing.T) {

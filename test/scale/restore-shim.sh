@@ -22,5 +22,10 @@ bytes="$(stat -c %s "${payload}")"
 rc=0
 "${real}" "$@" <"${payload}" || rc=$?
 end="${EPOCHREALTIME}"
+# With $IPTPROXY_BENCH_KEEP set, payloads of 1 MB and more are kept there
+# (after the timing) for replay.
+if [[ -n "${IPTPROXY_BENCH_KEEP:-}" && "${bytes}" -ge 1000000 ]]; then
+  cp "${payload}" "${IPTPROXY_BENCH_KEEP}/${0##*/}-${start}.txt" || true
+fi
 printf '%s %s %s %s %s\n' "${start}" "${end}" "${bytes}" "${rc}" "${0##*/}" >>"${log}"
 exit "${rc}"

@@ -134,6 +134,12 @@ func (w *world) newProxyNode(t *testing.T, spec runSpec, note func(string, ...an
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
+	if spec.cfg.keepPayloads {
+		td.Keep = filepath.Join(spec.cfg.output, fmt.Sprintf("payloads-%s-%s", w.c.RunID(), node.Name()))
+		if err := os.MkdirAll(td.Keep, 0o755); err != nil {
+			t.Fatalf("%v", err)
+		}
+	}
 	wrapper := filepath.Join(dir, spec.proxy)
 	if err := WriteDaemonWrapper(wrapper, spec.binary, td); err != nil {
 		t.Fatalf("%v", err)
