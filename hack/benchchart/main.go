@@ -226,7 +226,8 @@ func drawPanel(b *strings.Builder, figures map[string]map[string]map[string]scal
 		fmt.Fprintf(b, `<text x="%d" y="%d" font-size="13" fill="#888">no figures</text>`+"\n", px+plotW/2-30, py+plotH/2)
 		return
 	}
-	ylo, yhi := math.Floor(math.Log10(lo)), math.Ceil(math.Log10(hi))
+	// Whole decades, with some room below the lowest point.
+	ylo, yhi := math.Floor(math.Log10(lo)-0.1), math.Ceil(math.Log10(hi))
 	if yhi-ylo < 1 {
 		yhi = ylo + 1
 	}
@@ -269,9 +270,9 @@ func drawPanel(b *strings.Builder, figures map[string]map[string]map[string]scal
 	}
 	fmt.Fprintf(b, `<text x="%d" y="%d" font-size="11" text-anchor="middle" fill="#555">Services (x 10 endpoints)</text>`+"\n", px+plotW/2, py+plotH+36)
 	for li, l := range lines {
-		// Lower bounds of several proxies often sit on the same timeout:
-		// set them apart.
-		jitter := float64(li-len(lines)/2) * 7
+		// Figures of several proxies often coincide (a timeout, or close
+		// values): set each proxy's points a little apart.
+		jitter := (float64(li) - float64(len(lines)-1)/2) * 7
 		for i := 1; i < len(l.pts); i++ {
 			a, c := l.pts[i-1], l.pts[i]
 			dash := l.s.dash
@@ -279,12 +280,11 @@ func drawPanel(b *strings.Builder, figures map[string]map[string]map[string]scal
 				dash = "2 4"
 			}
 			fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2.5" stroke-dasharray="%s"/>`+"\n",
-				xOf(a.services), yOf(a.y), xOf(c.services), yOf(c.y), l.s.color, dash)
+				xOf(a.services)+jitter, yOf(a.y), xOf(c.services)+jitter, yOf(c.y), l.s.color, dash)
 		}
 		for _, p := range l.pts {
-			x, y := xOf(p.services), yOf(p.y)
+			x, y := xOf(p.services)+jitter, yOf(p.y)
 			if p.timedOut {
-				x += jitter
 				fmt.Fprintf(b, `<path d="M %.1f %.1f l -6 10 l 12 0 z" fill="white" stroke="%s" stroke-width="2"><title>%s: more than %s (timeout)</title></path>`+"\n",
 					x, y-5, l.s.color, html.EscapeString(l.s.label), html.EscapeString(format(p.y, pn.unit)))
 				fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="10" text-anchor="middle" fill="%s">&gt;%s</text>`+"\n", x, y-9-float64(li%2)*10, l.s.color, html.EscapeString(format(p.y, pn.unit)))
