@@ -9,7 +9,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/iptproxy/iptproxy/pkg/version.Version=$(VERSION)
 export IPTPROXY_TOOLS_DIR ?= $(CURDIR)/_output/bin
 
-.PHONY: all build deps tools test unit e2e e2e-faults demo verify fmt vet clean image image-rootfs check-image kind-up kind-down bench bench-churn
+.PHONY: all build deps tools test unit e2e e2e-faults demo verify fmt vet clean image image-rootfs check-image kind-up kind-down bench bench-churn bench-chart
 
 all: build
 
@@ -82,9 +82,13 @@ kind-up:
 kind-down:
 	hack/kind-down.sh
 
-## bench: iptproxy vs upstream kube-proxy side by side (BENCH_SIZES=1000x10 BENCH_BACKENDS=nft ...; see hack/bench.sh)
+## bench: iptproxy vs upstream kube-proxy (iptables and nftables modes), default flags, and the chart (BENCH_SIZES=1000x10 BENCH_BACKENDS=nft ...; see hack/bench.sh)
 bench: deps tools-and-build
 	hack/bench.sh
+
+## bench-chart: redraw docs/benchmarks-chart.svg from docs/benchmarks-data/*.json
+bench-chart:
+	hack/bench.sh chart
 
 ## bench-churn: sustained EndpointSlice churn (BENCH_CHURN_RATE=100 BENCH_CHURN_DURATION=10m BENCH_CHURN_SIZE=10000x10)
 bench-churn: deps tools-and-build

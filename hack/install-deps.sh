@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the end-to-end harness and the demo need:
 # iptables (nft and legacy backends), iproute2 (ip, bridge), conntrack,
+# nft (kube-proxy's nftables mode in make bench),
 # ncat (handy for poking at Services by hand), shellcheck, and debootstrap
 # (make check-image assembles the image's filesystem with it).
 # Only packages whose command is missing are installed; safe to rerun.
@@ -13,6 +14,7 @@ wanted=(
   ip:iproute2
   bridge:iproute2
   conntrack:conntrack
+  nft:nftables
   ncat:ncat
   shellcheck:shellcheck
   debootstrap:debootstrap

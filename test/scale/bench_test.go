@@ -28,39 +28,58 @@ const (
 	envSizes = "BENCH_SIZES"
 	// envBackends lists the iptables backends, "nft,legacy".
 	envBackends = "BENCH_BACKENDS"
-	// envProxies lists the proxies, "iptproxy,kube-proxy".
+	// envProxies lists the proxies (see allProxies).
 	envProxies = "BENCH_PROXIES"
 	// envPhaseTimeout bounds every phase (a Go duration).
 	envPhaseTimeout = "BENCH_PHASE_TIMEOUT"
-	// envConnects is the number of connects per first-packet target.
+	// envConnects is the number of connects per first-packet group (the
+	// Services, spread over 20 of them; the non-Service address).
 	envConnects = "BENCH_CONNECTS"
 	// envChanges is the number of endpoint changes whose median is
 	// reported.
 	envChanges = "BENCH_CHANGES"
 	// envOutput is the directory the table is written to.
 	envOutput = "BENCH_OUTPUT"
-	// envProfile, when "1", turns on enableProfiling in both proxies and
+	// envProfile, when "1", turns on enableProfiling in the proxies and
 	// saves each one's heap profile, taken after the memory reading, to
 	// the output directory as heap-<size>-<backend>-<proxy>.pb.gz.
 	envProfile = "BENCH_PROFILE"
+	// envLoadWorkers is how many object creates run at once.
+	envLoadWorkers = "BENCH_LOAD_WORKERS"
+	// envLoadOnly, when "1", only creates the objects of every size and
+	// reports how long that took (no proxy runs).
+	envLoadOnly = "BENCH_LOAD_ONLY"
+	// envAPIServerArgs are extra kube-apiserver flags, space-separated.
+	envAPIServerArgs = "BENCH_APISERVER_ARGS"
+	// envKeepPayloads, when "1", keeps every restore or nft payload of
+	// 1 MB or more under the output directory (payloads-<node>/), to
+	// replay them (test/scale/restorecost).
+	envKeepPayloads = "BENCH_KEEP_PAYLOADS"
 )
 
-// The proxies TestBench compares.
-const (
-	proxyIPTProxy  = "iptproxy"
-	proxyKubeProxy = "kube-proxy"
-)
+// allProxies are the proxies BENCH_PROXIES may list, in table order; all of
+// them run by default. Every proxy runs with its default flags, except
+// ProxyIPTProxyBackend, which is iptproxy with --iptables-backend given and
+// is measured for its restart only (issue 12: the cost of backend
+// detection). kube-proxy-nft (kube-proxy with mode: nftables) does not use
+// iptables: it runs once per size, and its figures stand in every
+// backend's rows.
+var allProxies = []string{ProxyIPTProxy, ProxyIPTProxyBackend, ProxyKubeProxy, ProxyKubeProxyNFT}
 
 // benchConfig is TestBench's configuration, from the environment.
 type benchConfig struct {
-	sizes        []Size
-	backends     []string
-	proxies      []string
-	phaseTimeout time.Duration
-	connects     int
-	changes      int
-	output       string
-	profile      bool
+	sizes         []Size
+	backends      []string
+	proxies       []string
+	phaseTimeout  time.Duration
+	connects      int
+	changes       int
+	output        string
+	profile       bool
+	loadWorkers   int
+	loadOnly      bool
+	keepPayloads  bool
+	apiserverArgs []string
 }
 
 func loadConfig(t *testing.T, root string) benchConfig {
@@ -81,20 +100,46 @@ func loadConfig(t *testing.T, root string) benchConfig {
 	if cfg.backends, err = ParseList(get(envBackends, "nft,legacy"), "nft", "legacy"); err != nil {
 		t.Fatalf("%s: %v", envBackends, err)
 	}
-	if cfg.proxies, err = ParseList(get(envProxies, proxyIPTProxy+","+proxyKubeProxy), proxyIPTProxy, proxyKubeProxy); err != nil {
+	if cfg.proxies, err = ParseList(get(envProxies, strings.Join(allProxies, ",")), allProxies...); err != nil {
 		t.Fatalf("%s: %v", envProxies, err)
 	}
+	// Table order, whatever the order given.
+	slices.SortStableFunc(cfg.proxies, func(a, b string) int { return slices.Index(allProxies, a) - slices.Index(allProxies, b) })
 	if cfg.phaseTimeout, err = time.ParseDuration(get(envPhaseTimeout, "15m")); err != nil || cfg.phaseTimeout <= 0 {
 		t.Fatalf("%s: want a positive duration such as 15m", envPhaseTimeout)
 	}
-	if cfg.connects, err = strconv.Atoi(get(envConnects, "2000")); err != nil || cfg.connects < 10 {
-		t.Fatalf("%s: want a number >= 10", envConnects)
+	if cfg.connects, err = strconv.Atoi(get(envConnects, "2000")); err != nil || cfg.connects < 20 {
+		t.Fatalf("%s: want a number >= 20", envConnects)
 	}
 	if cfg.changes, err = strconv.Atoi(get(envChanges, "5")); err != nil || cfg.changes < 1 {
 		t.Fatalf("%s: want a number >= 1", envChanges)
 	}
+	if cfg.loadWorkers, err = strconv.Atoi(get(envLoadWorkers, strconv.Itoa(defaultLoadWorkers))); err != nil || cfg.loadWorkers < 1 {
+		t.Fatalf("%s: want a number >= 1", envLoadWorkers)
+	}
 	cfg.profile = get(envProfile, "0") == "1"
+	cfg.loadOnly = get(envLoadOnly, "0") == "1"
+	cfg.keepPayloads = get(envKeepPayloads, "0") == "1"
+	cfg.apiserverArgs = strings.Fields(os.Getenv(envAPIServerArgs))
 	return cfg
+}
+
+// requireBinaries returns each proxy's binary, skipping the test when one
+// is missing.
+func requireBinaries(t *testing.T, proxies []string) map[string]string {
+	t.Helper()
+	bins := map[string]string{}
+	for _, p := range proxies {
+		if Upstream(p) {
+			bins[p] = framework.RequireKubeProxy(t)
+		} else {
+			bins[p] = framework.RequireIPTProxy(t)
+		}
+		if p == ProxyKubeProxyNFT {
+			framework.RequireCommands(t, "nft")
+		}
+	}
+	return bins
 }
 
 // TestBench runs the benchmark: for every size and backend, every proxy in
@@ -108,39 +153,48 @@ func TestBench(t *testing.T) {
 	}
 	env := framework.RequireCluster(t)
 	cfg := loadConfig(t, env.Root)
-	bins := map[string]string{}
-	for _, p := range cfg.proxies {
-		if p == proxyIPTProxy {
-			bins[p] = framework.RequireIPTProxy(t)
-		} else {
-			bins[p] = framework.RequireKubeProxy(t)
-		}
+	var bins map[string]string
+	if !cfg.loadOnly {
+		bins = requireBinaries(t, cfg.proxies)
 	}
 	for _, b := range cfg.backends {
 		framework.RequireCommands(t, "iptables-"+b+"-restore", "iptables-"+b+"-save")
 	}
 	started := time.Now().UTC()
-	c := framework.NewCluster(t, framework.ClusterOptions{})
-	w := newWorld(t, c)
+	c := framework.NewCluster(t, framework.ClusterOptions{APIServerArgs: cfg.apiserverArgs})
+	w := newWorld(t, c, cfg)
 
-	var table Table
+	table := Table{Proxies: tableColumns(cfg.proxies)}
 	var notes []string
 	for _, size := range cfg.sizes {
-		start := time.Now()
-		if err := w.objects.ensure(t.Context(), size); err != nil {
+		summary, err := w.objects.ensure(t.Context(), size, t.Logf)
+		if err != nil {
 			t.Fatalf("creating %s objects: %v", size, err)
 		}
-		t.Logf("%s: %d Services with %d endpoints each in the apiserver (%v)", size, size.Services, size.Endpoints, time.Since(start).Round(time.Second))
+		t.Logf("%s: %d Services with %d endpoints each in the apiserver: %s", size, size.Services, size.Endpoints, summary)
+		notes = append(notes, fmt.Sprintf("%s: loading the objects: %s", size, summary))
+		if cfg.loadOnly {
+			writeReport(t, cfg, env.Root, started, table, notes)
+			continue
+		}
+		var nftMode *proxyResult // kube-proxy-nft's run at this size, for every backend
 		for _, backend := range cfg.backends {
 			results := map[string]*proxyResult{}
 			for _, p := range cfg.proxies {
+				if p == ProxyKubeProxyNFT && nftMode != nil {
+					results[p] = nftMode
+					continue
+				}
 				r := w.run(t, runSpec{proxy: p, binary: bins[p], backend: backend, size: size, cfg: cfg})
 				results[p] = r
+				if p == ProxyKubeProxyNFT {
+					nftMode = r
+				}
 				for _, n := range r.notes {
 					notes = append(notes, fmt.Sprintf("%s, %s, %s: %s", size, backend, p, n))
 				}
 			}
-			table.Rows = append(table.Rows, rowsFor(size, backend, results[proxyIPTProxy], results[proxyKubeProxy], cfg)...)
+			table.Rows = append(table.Rows, rowsFor(size, backend, results, cfg)...)
 			writeReport(t, cfg, env.Root, started, table, notes)
 		}
 	}
@@ -150,33 +204,62 @@ func TestBench(t *testing.T) {
 	}
 }
 
-// rowsFor turns two proxies' results into table rows; a nil result (the
-// proxy was not run) shows as "not run".
-func rowsFor(size Size, backend string, ipt, kp *proxyResult, cfg benchConfig) []Row {
-	if ipt == nil {
-		ipt = newProxyResult("not run")
+// tableColumns returns the table's columns: the proxies run, except
+// iptproxy with an explicit backend, whose one figure goes in iptproxy's
+// column of its own row.
+func tableColumns(proxies []string) []string {
+	var cols []string
+	for _, p := range proxies {
+		if p == ProxyIPTProxyBackend {
+			if !slices.Contains(proxies, ProxyIPTProxy) {
+				cols = append(cols, ProxyIPTProxy)
+			}
+			continue
+		}
+		cols = append(cols, p)
 	}
-	if kp == nil {
-		kp = newProxyResult("not run")
+	return cols
+}
+
+// rowsFor turns the proxies' results into table rows; a proxy without a
+// result shows as "not run".
+func rowsFor(size Size, backend string, results map[string]*proxyResult, cfg benchConfig) []Row {
+	row := func(key, metric string, get func(*proxyResult) Value) Row {
+		r := Row{Size: size.String(), Backend: backend, Key: key, Metric: metric, Values: map[string]Value{}}
+		for _, p := range cfg.proxies {
+			if p == ProxyIPTProxyBackend {
+				continue
+			}
+			if res := results[p]; res != nil {
+				r.Values[p] = get(res)
+			} else {
+				r.Values[p] = Missing(UnitDuration, "not run")
+			}
+		}
+		return r
 	}
-	row := func(metric string, get func(*proxyResult) Value) Row {
-		return Row{Size: size.String(), Backend: backend, Metric: metric, IPTProxy: get(ipt), KubeProxy: get(kp)}
+	rows := []Row{
+		row(KeyCold, "cold start → all Services reachable", func(r *proxyResult) Value { return r.cold }),
+		row(KeyChange, fmt.Sprintf("endpoint change → new endpoint answers (median of %d)", cfg.changes), func(r *proxyResult) Value { return r.change }),
+		row(KeyRestart, "restart, one change made while down → change answers", func(r *proxyResult) Value { return r.restart }),
 	}
-	return []Row{
-		row("cold start → all Services reachable", func(r *proxyResult) Value { return r.cold }),
-		row(fmt.Sprintf("endpoint change → new endpoint answers (median of %d)", cfg.changes), func(r *proxyResult) Value { return r.change }),
-		row("restart, one change made while down → change answers", func(r *proxyResult) Value { return r.restart }),
-		row("memory VmRSS after settling", func(r *proxyResult) Value { return r.rss }),
-		row("memory VmHWM (peak)", func(r *proxyResult) Value { return r.hwm }),
-		row("bytes written: cold start", func(r *proxyResult) Value { return r.coldBytes }),
-		row("bytes written per endpoint-change sync (median)", func(r *proxyResult) Value { return r.changeBytes }),
-		row("bytes written: restart", func(r *proxyResult) Value { return r.restartBytes }),
-		row(fmt.Sprintf("first packet p50 − no-rules p50: Service early in KUBE-SERVICES (%d connects)", cfg.connects), func(r *proxyResult) Value { return r.firstPacket[targetEarly] }),
-		row("first packet p50 − no-rules p50: Service in the middle", func(r *proxyResult) Value { return r.firstPacket[targetMiddle] }),
-		row("first packet p50 − no-rules p50: Service late", func(r *proxyResult) Value { return r.firstPacket[targetLate] }),
-		row("first packet p50 − no-rules p50: non-Service address", func(r *proxyResult) Value { return r.firstPacket[targetNone] }),
-		row("no-rules connect p50 (the baseline subtracted above)", func(r *proxyResult) Value { return r.baseline }),
+	if res := results[ProxyIPTProxyBackend]; res != nil {
+		r := row(KeyRestartBackend, fmt.Sprintf("restart as above, iptproxy given --iptables-backend=%s", backend), func(r *proxyResult) Value { return r.restart })
+		r.Values[ProxyIPTProxy] = res.restart
+		rows = append(rows, r)
 	}
+	return append(rows,
+		row(KeyRSS, "memory VmRSS after the cold sync", func(r *proxyResult) Value { return r.rss }),
+		row(KeyHWM, "memory VmHWM (peak) after the endpoint changes", func(r *proxyResult) Value { return r.hwm }),
+		row(KeyColdBytes, "bytes written: cold start", func(r *proxyResult) Value { return r.coldBytes }),
+		row(KeyChangeBytes, "bytes written per endpoint-change sync (median)", func(r *proxyResult) Value { return r.changeBytes }),
+		row(KeyRestartBytes, "bytes written: restart", func(r *proxyResult) Value { return r.restartBytes }),
+		row(KeyFirstSvcP50, fmt.Sprintf("first packet − no-rules, 20 Services, p50 (%d connects)", cfg.connects), func(r *proxyResult) Value { return r.firstPacket[KeyFirstSvcP50] }),
+		row(KeyFirstSvcP90, "first packet − no-rules, 20 Services, p90", func(r *proxyResult) Value { return r.firstPacket[KeyFirstSvcP90] }),
+		row(KeyFirstNoneP50, fmt.Sprintf("first packet − no-rules, non-Service address, p50 (%d connects)", cfg.connects), func(r *proxyResult) Value { return r.firstPacket[KeyFirstNoneP50] }),
+		row(KeyFirstNoneP90, "first packet − no-rules, non-Service address, p90", func(r *proxyResult) Value { return r.firstPacket[KeyFirstNoneP90] }),
+		row(KeyBaseline, "no-rules connect p50 (the baseline subtracted above)", func(r *proxyResult) Value { return r.baseline }),
+	)
 }
 
 // writeReport writes the table so far, with the run's context, to the
@@ -188,11 +271,11 @@ func writeReport(t *testing.T, cfg benchConfig, root string, started time.Time, 
 		return
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "# iptproxy vs kube-proxy, %s\n\n", started.Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(&b, "# iptproxy vs kube-proxy (iptables and nftables modes), %s\n\n", started.Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, "- machine: %s\n", machine())
 	fmt.Fprintf(&b, "- iptproxy commit: %s\n", gitCommit(root))
 	fmt.Fprintf(&b, "- kube-proxy: %s\n", kubeProxyVersion())
-	fmt.Fprintf(&b, "- phase timeout %v, %d connects per first-packet target, %d endpoint changes\n\n", cfg.phaseTimeout, cfg.connects, cfg.changes)
+	fmt.Fprintf(&b, "- every proxy with its default flags (iptproxy: no --iptables-backend); phase timeout %v, %d connects per first-packet group, %d endpoint changes\n\n", cfg.phaseTimeout, cfg.connects, cfg.changes)
 	b.WriteString(table.Markdown())
 	if len(notes) > 0 {
 		b.WriteString("\nNotes:\n")
@@ -205,7 +288,13 @@ func writeReport(t *testing.T, cfg benchConfig, root string, started time.Time, 
 		t.Errorf("writing %s: %v", path, err)
 		return
 	}
-	t.Logf("table written to %s", path)
+	rep := Report{Started: started, Machine: machine(), Commit: gitCommit(root), KubeProxy: kubeProxyVersion(),
+		PhaseTimeoutSeconds: cfg.phaseTimeout.Seconds(), Connects: cfg.connects, Changes: cfg.changes,
+		Proxies: table.Proxies, Rows: table.ReportRows()}
+	if err := WriteReport(strings.TrimSuffix(path, ".md")+".json", rep); err != nil {
+		t.Errorf("%v", err)
+	}
+	t.Logf("table written to %s (and .json)", path)
 }
 
 func machine() string {
@@ -269,7 +358,7 @@ const (
 	targetPort  = 8080
 )
 
-func newWorld(t *testing.T, c *framework.Cluster) *world {
+func newWorld(t *testing.T, c *framework.Cluster, bc benchConfig) *world {
 	t.Helper()
 	w := &world{c: c, routes: map[netip.Prefix]netip.Addr{}}
 	for _, b := range []struct{ name, prefix string }{{nameInitial, EndpointRange}, {nameFresh, FreshRange}} {
@@ -293,12 +382,15 @@ func newWorld(t *testing.T, c *framework.Cluster) *world {
 	}
 	cfg := c.RESTConfig()
 	cfg.QPS, cfg.Burst = 5000, 10000
+	// Protobuf costs the apiserver less than JSON to decode and encode.
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatalf("creating a fast client: %v", err)
 	}
 	c.CreateNamespace(t, benchNamespace)
-	w.objects = &objectSet{client: client}
+	w.objects = &objectSet{client: client, workers: bc.loadWorkers}
 	return w
 }
 

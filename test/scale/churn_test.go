@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,21 +71,18 @@ func TestChurn(t *testing.T) {
 	if err != nil || dur <= 0 {
 		t.Fatalf("%s: want a positive duration such as 10m", envChurnDuration)
 	}
-	bins := map[string]string{}
-	for _, p := range cfg.proxies {
-		if p == proxyIPTProxy {
-			bins[p] = framework.RequireIPTProxy(t)
-		} else {
-			bins[p] = framework.RequireKubeProxy(t)
-		}
-	}
+	// iptproxy with an explicit backend is a restart figure of TestBench.
+	cfg.proxies = slices.DeleteFunc(cfg.proxies, func(p string) bool { return p == ProxyIPTProxyBackend })
+	bins := requireBinaries(t, cfg.proxies)
 	started := time.Now().UTC()
-	c := framework.NewCluster(t, framework.ClusterOptions{})
-	w := newWorld(t, c)
-	if err := w.objects.ensure(t.Context(), size); err != nil {
+	c := framework.NewCluster(t, framework.ClusterOptions{APIServerArgs: cfg.apiserverArgs})
+	w := newWorld(t, c, cfg)
+	summary, err := w.objects.ensure(t.Context(), size, t.Logf)
+	if err != nil {
 		t.Fatalf("creating %s objects: %v", size, err)
 	}
-	var table Table
+	t.Logf("%s: %s", size, summary)
+	table := Table{Proxies: cfg.proxies}
 	var notes []string
 	for _, backend := range cfg.backends {
 		res := map[string]*churnResult{}
@@ -102,7 +100,11 @@ func TestChurn(t *testing.T) {
 			return Missing(UnitDuration, "not run")
 		}
 		row := func(metric string, f func(*churnResult) Value) Row {
-			return Row{Size: size.String(), Backend: backend, Metric: metric, IPTProxy: get(proxyIPTProxy, f), KubeProxy: get(proxyKubeProxy, f)}
+			r := Row{Size: size.String(), Backend: backend, Metric: metric, Values: map[string]Value{}}
+			for _, p := range cfg.proxies {
+				r.Values[p] = get(p, f)
+			}
+			return r
 		}
 		table.Rows = append(table.Rows,
 			row(fmt.Sprintf("EndpointSlice updates sent (%d/s for %v)", rate, dur), func(r *churnResult) Value { return r.sent }),
@@ -168,7 +170,7 @@ func (w *world) churn(t *testing.T, spec runSpec, rate int, dur time.Duration) *
 	}
 	note("cold start took %v", done.Sub(t0).Round(time.Millisecond))
 	time.Sleep(300 * time.Millisecond)
-	settle(pn.restores, 3*time.Second, 2*time.Minute)
+	settle(pn.restores, pn.td.Running, 3*time.Second, 2*time.Minute)
 
 	before, err := programming(ctx, pn.d)
 	if err != nil {
@@ -257,7 +259,7 @@ loop:
 		return res
 	}
 	time.Sleep(time.Second)
-	settle(pn.restores, 3*time.Second, spec.cfg.phaseTimeout)
+	settle(pn.restores, pn.td.Running, 3*time.Second, spec.cfg.phaseTimeout)
 	after, err := programming(ctx, pn.d)
 	if err != nil {
 		note("metrics after: %v", err)

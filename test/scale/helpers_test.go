@@ -94,9 +94,11 @@ func TestValueAndRatio(t *testing.T) {
 }
 
 func TestMarkdown(t *testing.T) {
-	tab := Table{Rows: []Row{
-		{Size: "1000x10", Backend: "nft", Metric: "cold start", IPTProxy: Duration(time.Second), KubeProxy: Duration(4 * time.Second)},
-		{Size: "1000x10", Backend: "nft", Metric: "a|b", IPTProxy: Missing(UnitBytes, "not run"), KubeProxy: Bytes(10)},
+	tab := Table{Proxies: []string{ProxyIPTProxy, ProxyKubeProxy, ProxyKubeProxyNFT}, Rows: []Row{
+		{Size: "1000x10", Backend: "nft", Key: KeyCold, Metric: "cold start", Values: map[string]Value{
+			ProxyIPTProxy: Duration(time.Second), ProxyKubeProxy: Duration(4 * time.Second), ProxyKubeProxyNFT: Duration(2 * time.Second)}},
+		{Size: "1000x10", Backend: "nft", Key: "x", Metric: "a|b", Values: map[string]Value{
+			ProxyIPTProxy: Missing(UnitBytes, "not run"), ProxyKubeProxy: Bytes(10)}},
 	}}
 	lines := strings.Split(strings.TrimSuffix(tab.Markdown(), "\n"), "\n")
 	if len(lines) != 4 {
@@ -104,12 +106,164 @@ func TestMarkdown(t *testing.T) {
 	}
 	for i, l := range lines {
 		// Every line has the same number of unescaped cell separators.
-		if n := strings.Count(l, "|") - strings.Count(l, `\|`); n != 7 {
-			t.Errorf("line %d has %d separators, want 7: %q", i, n, l)
+		if n := strings.Count(l, "|") - strings.Count(l, `\|`); n != 8 {
+			t.Errorf("line %d has %d separators, want 8: %q", i, n, l)
 		}
 	}
-	if !strings.Contains(lines[2], "| 1.00 s | 4.00 s | 4.0x |") {
-		t.Errorf("row 1 = %q, want both figures and the ratio", lines[2])
+	if !strings.Contains(lines[0], "| kube-proxy iptables | kube-proxy nftables | iptproxy ÷ best upstream |") {
+		t.Errorf("header = %q", lines[0])
+	}
+	if !strings.Contains(lines[2], "| 1.00 s | 4.00 s | 2.00 s | 0.50 |") {
+		t.Errorf("row 1 = %q, want the figures and the ratio to the best upstream one", lines[2])
+	}
+	if !strings.Contains(lines[3], "| not run | 10 B | — | — |") {
+		t.Errorf("row 2 = %q", lines[3])
+	}
+	// Without an upstream column there is no ratio column.
+	one := Table{Proxies: []string{ProxyIPTProxy}, Rows: tab.Rows[:1]}
+	if got := strings.Split(one.Markdown(), "\n")[0]; strings.Contains(got, "÷") {
+		t.Errorf("header without upstream = %q, want no ratio column", got)
+	}
+}
+
+func TestRatioToBest(t *testing.T) {
+	tests := []struct {
+		name string
+		ipt  Value
+		up   []Value
+		want string
+	}{
+		{"best of two", Duration(time.Second), []Value{Duration(4 * time.Second), Duration(2 * time.Second)}, "0.50"},
+		{"one timed out: the other is best", Duration(3 * time.Second), []Value{TimedOut(time.Minute), Duration(2 * time.Second)}, "1.50"},
+		{"all timed out: upper bound", Duration(3 * time.Second), []Value{TimedOut(time.Minute), TimedOut(5 * time.Minute)}, "<0.01"},
+		{"iptproxy timed out: lower bound", TimedOut(time.Minute), []Value{Duration(30 * time.Second)}, ">2.00"},
+		{"small ratio", Bytes(1500), []Value{Bytes(3_000_000)}, "0.0005"},
+		{"negative overhead", Overhead(-3 * time.Microsecond), []Value{Overhead(50 * time.Microsecond)}, "—"},
+		{"missing upstream", Memory(1 << 20), []Value{Missing(UnitMemory, "not run")}, "—"},
+		{"non-positive upstream ignored", Overhead(10 * time.Microsecond), []Value{Overhead(0), Overhead(20 * time.Microsecond)}, "0.50"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := RatioToBest(tt.ipt, tt.up...); got != tt.want {
+				t.Errorf("RatioToBest = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestReportRoundTrip(t *testing.T) {
+	tab := Table{Proxies: []string{ProxyIPTProxy, ProxyKubeProxyNFT}, Rows: []Row{
+		{Size: "1000x10", Backend: "nft", Key: KeyCold, Metric: "cold start", Values: map[string]Value{
+			ProxyIPTProxy: Duration(1500 * time.Millisecond), ProxyKubeProxyNFT: TimedOut(15 * time.Minute)}},
+	}}
+	path := filepath.Join(t.TempDir(), "r.json")
+	if err := WriteReport(path, Report{Proxies: tab.Proxies, Rows: tab.ReportRows()}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := ReadReport(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Rows) != 1 || r.Rows[0].Key != KeyCold {
+		t.Fatalf("rows = %+v", r.Rows)
+	}
+	ipt, kp := r.Rows[0].Values[ProxyIPTProxy], r.Rows[0].Values[ProxyKubeProxyNFT]
+	if ipt.Value == nil || *ipt.Value != 1.5 || ipt.Unit != "seconds" || ipt.Text != "1.50 s" {
+		t.Errorf("iptproxy = %+v", ipt)
+	}
+	if kp.Value != nil || kp.TimeoutSeconds != 900 || kp.Text != ">15m (timeout)" {
+		t.Errorf("kube-proxy-nft = %+v", kp)
+	}
+}
+
+func TestNFTEndpointJumps(t *testing.T) {
+	list := `table ip kube-proxy {
+	comment "rules for kube-proxy"
+	map service-ips {
+		type ipv4_addr . inet_proto . inet_service : verdict
+		elements = { 198.19.0.10 . tcp . 80 : goto service-ULMVA6XW-bench/svc-00001/tcp/http }
+	}
+
+	chain service-ULMVA6XW-bench/svc-00001/tcp/http {
+		ip daddr 198.19.0.10 tcp dport 80 ip saddr != 10.0.0.0/8 jump mark-for-masquerade
+		numgen random mod 2 vmap { 0 : goto endpoint-5OJB2KTY-bench/svc-00001/tcp/http__10.64.0.1/8080, 1 : goto endpoint-AAAA2KTY-bench/svc-00001/tcp/http__10.64.0.2/8080 }
+	}
+
+	chain service-ABCDEFGH-bench/svc-00002/tcp/http {
+	}
+
+	chain service-ZQ5A3XIH-bench/svc-00578/tcp/http {
+		meta l4proto tcp dnat ip to numgen random mod 3 map { 0 : 10.64.22.193 . 8080, 1 : 10.64.22.194 . 8080, 2 : 10.64.22.195 . 8080 }
+	}
+
+	chain endpoint-5OJB2KTY-bench/svc-00001/tcp/http__10.64.0.1/8080 {
+		ip saddr 10.64.0.1 jump mark-for-masquerade
+		meta l4proto tcp dnat to 10.64.0.1:8080
+	}
+}
+`
+	got := NFTEndpointJumps(list)
+	want := map[string]int{"bench/svc-00001/tcp/http": 2, "bench/svc-00002/tcp/http": 0, "bench/svc-00578/tcp/http": 3}
+	if len(got) != len(want) || got["bench/svc-00001/tcp/http"] != 2 || got["bench/svc-00002/tcp/http"] != 0 || got["bench/svc-00578/tcp/http"] != 3 {
+		t.Errorf("NFTEndpointJumps = %v, want %v", got, want)
+	}
+	if k := NFTServiceKey("bench", "svc-00001", "TCP", "http"); k != "bench/svc-00001/tcp/http" {
+		t.Errorf("NFTServiceKey = %q", k)
+	}
+}
+
+// TestNFTShim runs the real nft shim in front of a fake nft: transactions
+// are logged with their family, everything else passes through unlogged.
+func TestNFTShim(t *testing.T) {
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("bash not found; the shim needs it")
+	}
+	realDir := t.TempDir()
+	got := filepath.Join(realDir, "got")
+	fake := "#!/bin/sh\necho \"$@\" >>" + got + ".args\ncat >" + got + "\nexit 0\n"
+	for _, name := range []string{"iptables-nft-restore", "ip6tables-nft-restore", "iptables-nft", "iptables-nft-save", "ip6tables-nft", "ip6tables-nft-save", "nft"} {
+		if err := os.WriteFile(filepath.Join(realDir, name), []byte(fake), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	td, err := InstallTools(filepath.Join(t.TempDir(), "tools"), "nft", realDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(stdin string, args ...string) {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(td.Dir, "nft"), args...)
+		cmd.Env = append(os.Environ(), EnvRestoreLog+"="+td.Log)
+		cmd.Stdin = strings.NewReader(stdin)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft %v: %v: %s", args, err, out)
+		}
+	}
+	v4 := "add table ip kube-proxy { comment \"rules for kube-proxy\" ; }\nadd chain ip kube-proxy x\n"
+	v6 := "add table ip6 kube-proxy { comment \"rules for kube-proxy\" ; }\n"
+	run(v4, "-f", "-")
+	run("", "--json", "list", "table", "ip", "kube-proxy")
+	run(v4, "--check", "-f", "-")
+	run(v6, "-f", "-")
+	b, err := os.ReadFile(td.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := ParseRestoreLog(string(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 2 {
+		t.Fatalf("logged %d runs, want the 2 transactions: %+v", len(rs), rs)
+	}
+	if rs[0].Tool != "nft" || rs[0].IPv6() || rs[0].Bytes != int64(len(v4)) {
+		t.Errorf("first = %+v, want an IPv4 transaction of %d bytes", rs[0], len(v4))
+	}
+	if rs[1].Tool != "nft-ip6" || !rs[1].IPv6() || rs[1].Bytes != int64(len(v6)) {
+		t.Errorf("second = %+v, want an IPv6 transaction", rs[1])
+	}
+	if args, _ := os.ReadFile(got + ".args"); string(args) != "-f -\n--json list table ip kube-proxy\n--check -f -\n-f -\n" {
+		t.Errorf("real nft got %q", args)
 	}
 }
 
@@ -143,7 +297,7 @@ func TestParseRestoreLog(t *testing.T) {
 	}{
 		{"all IPv4 (version probe not counted)", false, 1699999999, 1700000009, 1244, 2},
 		{"window", false, 1700000004, 1700000009, 10, 1},
-		{"IPv6", true, 1699999999, 1700000009, 99, 1},
+		{"IPv6: the failed run is not counted", true, 1699999999, 1700000009, 0, 0},
 		{"empty window", false, 1800000000, 1800000001, 0, 0},
 	}
 	for _, tt := range tests {
@@ -234,6 +388,13 @@ func TestWriteDaemonWrapper(t *testing.T) {
 	f := strings.Split(strings.TrimSpace(string(out)), "|")
 	if len(f) != 3 || !strings.HasPrefix(f[0], td.Dir+":") || f[1] != td.Log || f[2] != "arg one" {
 		t.Errorf("wrapper ran with %q, want PATH starting with %q, the log and the arguments", out, td.Dir)
+	}
+	td.Keep = filepath.Join(dir, "keep")
+	if err := WriteDaemonWrapper(wrapper, "/bin/sh", td); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(wrapper, "-c", `echo "$`+EnvKeep+`"`).Output(); err != nil || strings.TrimSpace(string(out)) != td.Keep {
+		t.Errorf("wrapper with Keep: %s=%q (%v), want %q", EnvKeep, out, err, td.Keep)
 	}
 }
 

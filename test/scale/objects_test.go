@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -21,8 +24,13 @@ import (
 // benchNamespace holds the benchmark's Services.
 const benchNamespace = "bench"
 
-// createWorkers is how many creates run at once.
-const createWorkers = 48
+// defaultLoadWorkers is how many creates run at once (BENCH_LOAD_WORKERS):
+// the apiserver is CPU-bound well before that many (docs/benchmarks.md,
+// "Loading the objects").
+const defaultLoadWorkers = 32
+
+// loadProgressEvery is how often the loader logs its progress.
+const loadProgressEvery = 15 * time.Second
 
 // benchService is one Service of the benchmark with its endpoints as first
 // created.
@@ -30,7 +38,10 @@ type benchService struct {
 	svc       *v1.Service
 	clusterIP netip.Addr
 	// chain is kube-proxy's KUBE-SVC chain name for its port.
-	chain     string
+	chain string
+	// nftKey is the Service port's key in kube-proxy's nftables chain
+	// names (see NFTEndpointJumps).
+	nftKey    string
 	endpoints []netip.Addr
 }
 
@@ -41,20 +52,59 @@ func (s *benchService) addr() netip.AddrPort { return netip.AddrPortFrom(s.clust
 // EndpointSlices with a client whose QPS limits are raised.
 type objectSet struct {
 	client   kubernetes.Interface
+	workers  int
 	services []*benchService
 }
 
 // ensure creates Services (and their slices) until there are size.Services,
 // each with size.Endpoints endpoints; earlier Services get their slices
-// rewritten when the endpoint count changed.
-func (o *objectSet) ensure(ctx context.Context, size Size) error {
+// rewritten when the endpoint count changed. It logs its progress every
+// loadProgressEvery and returns a summary of how fast it went.
+func (o *objectSet) ensure(ctx context.Context, size Size, logf func(string, ...any)) (string, error) {
 	prefix := netipPrefix(EndpointRange)
 	have := len(o.services)
 	for i := have; i < size.Services; i++ {
 		o.services = append(o.services, &benchService{})
 	}
+	todo := 0
+	for i := range size.Services {
+		if i >= have || len(o.services[i].endpoints) != size.Endpoints {
+			todo++
+		}
+	}
+	if todo == 0 {
+		return "nothing to create", nil
+	}
+	start := time.Now()
+	var done atomic.Int64
+	var mu sync.Mutex
+	var blocks []time.Duration // time taken by each block of 1,000 Services
+	lastBlock := start
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(loadProgressEvery)
+		defer tick.Stop()
+		prev, prevAt := int64(0), start
+		for {
+			select {
+			case <-stop:
+				return
+			case now := <-tick.C:
+				n := done.Load()
+				rate := float64(n-prev) / now.Sub(prevAt).Seconds()
+				eta := "?"
+				if rate > 0 {
+					eta = (time.Duration(float64(int64(todo)-n)/rate) * time.Second).Round(time.Second).String()
+				}
+				logf("loading %s: %d of %d Services with their slices after %v (%.0f/s over the last %v, ETA %s)",
+					size, n, todo, now.Sub(start).Round(time.Second), rate, now.Sub(prevAt).Round(time.Second), eta)
+				prev, prevAt = n, now
+			}
+		}
+	})
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(createWorkers)
+	g.SetLimit(o.workers)
 	for i := range size.Services {
 		s := o.services[i]
 		if i < have && len(s.endpoints) == size.Endpoints {
@@ -69,18 +119,40 @@ func (o *objectSet) ensure(ctx context.Context, size Size) error {
 				}
 				eps[j] = a
 			}
-			if s.svc == nil {
+			create := s.svc == nil
+			if create {
 				if err := o.createService(gctx, s, i); err != nil {
 					return err
 				}
-				s.endpoints = eps
-				return o.writeSlice(gctx, s, eps, true)
 			}
 			s.endpoints = eps
-			return o.writeSlice(gctx, s, eps, false)
+			if err := o.writeSlice(gctx, s, eps, create); err != nil {
+				return err
+			}
+			if n := done.Add(1); n%1000 == 0 {
+				mu.Lock()
+				now := time.Now()
+				blocks = append(blocks, now.Sub(lastBlock))
+				lastBlock = now
+				mu.Unlock()
+			}
+			return nil
 		})
 	}
-	return g.Wait()
+	err := g.Wait()
+	close(stop)
+	wg.Wait()
+	took := time.Since(start)
+	summary := fmt.Sprintf("%d Services with their slices in %v (%.0f/s, %d workers)", todo, took.Round(100*time.Millisecond),
+		float64(todo)/took.Seconds(), o.workers)
+	if len(blocks) > 0 {
+		parts := make([]string, len(blocks))
+		for k, d := range blocks {
+			parts[k] = d.Round(100 * time.Millisecond).String()
+		}
+		summary += "; each 1,000: " + strings.Join(parts, " ")
+	}
+	return summary, err
 }
 
 func netipPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
@@ -97,6 +169,7 @@ func (o *objectSet) createService(ctx context.Context, s *benchService, i int) e
 		return fmt.Errorf("Service %s has cluster IP %q: %w", got.Name, got.Spec.ClusterIP, err)
 	}
 	s.svc, s.clusterIP = got, ip
+	s.nftKey = NFTServiceKey(benchNamespace, got.Name, string(v1.ProtocolTCP), "http")
 	s.chain = rules.ChainNamesFor(proxy.ServicePortName{
 		NamespacedName: types.NamespacedName{Namespace: benchNamespace, Name: got.Name},
 		Port:           "http",

@@ -11,12 +11,21 @@ export LC_ALL=C
 real="$(readlink "$0.real")" || { echo "restore-shim: $0.real is missing" >&2; exit 2; }
 log="${IPTPROXY_BENCH_RESTORE_LOG:?restore-shim: IPTPROXY_BENCH_RESTORE_LOG is not set}"
 payload="$(mktemp)" || exit 2
-trap 'rm -f "${payload}"' EXIT
+# "<log>.running.<pid>" exists while the real tool runs (the harness waits
+# for none to be left before it calls the daemon settled).
+marker="${log}.running.$$"
+: >"${marker}"
+trap 'rm -f "${payload}" "${marker}"' EXIT
 start="${EPOCHREALTIME}"
 cat >"${payload}"
 bytes="$(stat -c %s "${payload}")"
 rc=0
 "${real}" "$@" <"${payload}" || rc=$?
 end="${EPOCHREALTIME}"
+# With $IPTPROXY_BENCH_KEEP set, payloads of 1 MB and more are kept there
+# (after the timing) for replay.
+if [[ -n "${IPTPROXY_BENCH_KEEP:-}" && "${bytes}" -ge 1000000 ]]; then
+  cp "${payload}" "${IPTPROXY_BENCH_KEEP}/${0##*/}-${start}.txt" || true
+fi
 printf '%s %s %s %s %s\n' "${start}" "${end}" "${bytes}" "${rc}" "${0##*/}" >>"${log}"
 exit "${rc}"

@@ -24,7 +24,7 @@ type Restore struct {
 }
 
 // IPv6 reports whether the restore was for the IPv6 tables.
-func (r Restore) IPv6() bool { return strings.HasPrefix(r.Tool, "ip6tables") }
+func (r Restore) IPv6() bool { return strings.HasPrefix(r.Tool, "ip6tables") || r.Tool == "nft-ip6" }
 
 // ParseRestoreLog parses the shim's log: one line per run,
 // "<start> <end> <bytes> <exit code> <tool>", times as bash's
@@ -87,10 +87,12 @@ func parseEpoch(s string) (time.Time, error) {
 
 // Written sums the payload bytes of the restores of one family that started
 // in [from, to] and counts them. Runs without a payload (version probes)
-// are not counted.
+// and failed runs (which change nothing: a transaction is atomic; kube-proxy
+// in iptables mode tries to delete nftables leftovers at every start) are
+// not counted.
 func Written(rs []Restore, ipv6 bool, from, to time.Time) (bytes int64, runs int) {
 	for _, r := range rs {
-		if r.IPv6() != ipv6 || r.Bytes == 0 || r.Start.Before(from) || r.Start.After(to) {
+		if r.IPv6() != ipv6 || r.Bytes == 0 || r.ExitCode != 0 || r.Start.Before(from) || r.Start.After(to) {
 			continue
 		}
 		bytes += r.Bytes
@@ -111,7 +113,7 @@ func Written(rs []Restore, ipv6 bool, from, to time.Time) (bytes int64, runs int
 func BurstEnd(rs []Restore, ipv6 bool, from time.Time, gap time.Duration) time.Time {
 	var in []Restore
 	for _, r := range rs {
-		if r.IPv6() == ipv6 && r.Bytes > 0 && !r.Start.Before(from) {
+		if r.IPv6() == ipv6 && r.Bytes > 0 && r.ExitCode == 0 && !r.Start.Before(from) {
 			in = append(in, r)
 		}
 	}

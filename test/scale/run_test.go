@@ -19,13 +19,9 @@ import (
 	"github.com/iptproxy/iptproxy/test/e2e/framework/netns"
 )
 
-// First-packet targets.
-const (
-	targetEarly  = "early"
-	targetMiddle = "middle"
-	targetLate   = "late"
-	targetNone   = "non-Service"
-)
+// firstPacketServices is how many Services, spread over the list, the
+// first-packet connects go to.
+const firstPacketServices = 20
 
 // runSpec is one proxy run: one proxy, backend and size.
 type runSpec struct {
@@ -40,7 +36,7 @@ type proxyResult struct {
 	rss, hwm               Value
 	coldBytes, changeBytes Value
 	restartBytes           Value
-	firstPacket            map[string]Value
+	firstPacket            map[string]Value // by Key*P50/P90
 	baseline               Value
 	notes                  []string
 }
@@ -53,7 +49,7 @@ func newProxyResult(reason string) *proxyResult {
 		cold: d, change: d, restart: d,
 		rss: Missing(UnitMemory, reason), hwm: Missing(UnitMemory, reason),
 		coldBytes: b, changeBytes: b, restartBytes: b,
-		firstPacket: map[string]Value{targetEarly: o, targetMiddle: o, targetLate: o, targetNone: o},
+		firstPacket: map[string]Value{KeyFirstSvcP50: o, KeyFirstSvcP90: o, KeyFirstNoneP50: o, KeyFirstNoneP90: o},
 		baseline:    Missing(UnitMicros, reason),
 	}
 }
@@ -123,19 +119,35 @@ type proxyNode struct {
 func (w *world) newProxyNode(t *testing.T, spec runSpec, note func(string, ...any)) *proxyNode {
 	t.Helper()
 	w.runs++
-	short := map[string]string{proxyIPTProxy: "ipt", proxyKubeProxy: "kp"}[spec.proxy]
+	short := map[string]string{ProxyIPTProxy: "ipt", ProxyIPTProxyBackend: "iptb", ProxyKubeProxy: "kp", ProxyKubeProxyNFT: "kpn"}[spec.proxy]
 	node := w.addNode(t, fmt.Sprintf("%s-%s-%d", short, spec.backend, w.runs))
+	// kubelet creates KUBE-IPTABLES-HINT in the mangle table of the backend
+	// the node uses; iptproxy's and kube-proxy's image's backend
+	// detection look for it first.
+	hint := node.Command(t.Context(), "/usr/sbin/iptables-"+spec.backend+"-restore", "--noflush")
+	hint.Stdin = strings.NewReader("*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n")
+	if out, err := hint.CombinedOutput(); err != nil {
+		t.Fatalf("creating KUBE-IPTABLES-HINT on %s: %v: %s", node.Name(), err, out)
+	}
 	dir := filepath.Join(w.c.Dir(), "bench", node.Name())
 	td, err := InstallTools(filepath.Join(dir, "tools"), spec.backend, "/usr/sbin")
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
+	if spec.cfg.keepPayloads {
+		td.Keep = filepath.Join(spec.cfg.output, fmt.Sprintf("payloads-%s-%s", w.c.RunID(), node.Name()))
+		if err := os.MkdirAll(td.Keep, 0o755); err != nil {
+			t.Fatalf("%v", err)
+		}
+	}
 	wrapper := filepath.Join(dir, spec.proxy)
 	if err := WriteDaemonWrapper(wrapper, spec.binary, td); err != nil {
 		t.Fatalf("%v", err)
 	}
+	// Every proxy runs with its default flags, but for the one row that
+	// measures iptproxy's restart with the backend given.
 	var args []string
-	if spec.proxy == proxyIPTProxy {
+	if spec.proxy == ProxyIPTProxyBackend {
 		args = append(args, "--iptables-backend="+spec.backend)
 	}
 	return &proxyNode{w: w, spec: spec, node: node, td: td, wrapper: wrapper, args: args,
@@ -167,11 +179,44 @@ func (pn *proxyNode) close(t *testing.T) {
 	if err := netns.KillAll(ctx, pn.node.NetNS.Name()); err != nil {
 		t.Errorf("stopping processes on %s: %v", pn.node.Name(), err)
 	}
+	pn.cleanTables(t, ctx)
+}
+
+// cleanTables removes what the proxy left in the node's netfilter tables,
+// so that the kernel frees them before the next proxy runs: kube-proxy's
+// nftables tables ("table ip kube-proxy", "table ip6 kube-proxy"), then the
+// iptables tables of the run's backend (a restore without --noflush empties
+// them and deletes their chains), then anything else left in nftables
+// (iptables-nft's tables are nftables tables). Only this node's namespace
+// is touched.
+func (pn *proxyNode) cleanTables(t *testing.T, ctx context.Context) {
+	t.Helper()
+	nft := func(args ...string) (string, error) {
+		return pn.node.Run(ctx, "/usr/sbin/nft", args...)
+	}
+	haveNFT := fileExists("/usr/sbin/nft")
+	if haveNFT {
+		for _, fam := range []string{"ip", "ip6"} {
+			if out, err := nft("list", "tables", fam); err == nil && strings.Contains(out, "table "+fam+" kube-proxy") {
+				if _, err := nft("delete", "table", fam, "kube-proxy"); err != nil {
+					t.Errorf("deleting table %s kube-proxy on %s: %v", fam, pn.node.Name(), err)
+				}
+			}
+		}
+	}
 	for _, fam := range []string{"iptables", "ip6tables"} {
 		cmd := pn.node.Command(ctx, "/usr/sbin/"+fam+"-"+pn.spec.backend+"-restore")
-		cmd.Stdin = strings.NewReader("*nat\nCOMMIT\n*filter\nCOMMIT\n")
+		cmd.Stdin = strings.NewReader("*nat\nCOMMIT\n*filter\nCOMMIT\n*mangle\nCOMMIT\n")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("emptying the %s tables of %s: %v: %s", fam, pn.node.Name(), err, out)
+		}
+	}
+	if haveNFT {
+		if _, err := nft("flush", "ruleset"); err != nil {
+			t.Errorf("flushing the nftables ruleset of %s: %v", pn.node.Name(), err)
+		}
+		if out, err := nft("list", "tables"); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("%s still has nftables tables after the cleanup: %q (%v)", pn.node.Name(), out, err)
 		}
 	}
 }
@@ -231,14 +276,18 @@ func (pn *proxyNode) swap(t *testing.T, s *benchService) {
 func (pn *proxyNode) coldStart(t *testing.T, limit time.Duration) (time.Time, time.Time, error) {
 	t.Helper()
 	opts := framework.DaemonOptions{Binary: pn.wrapper, Args: pn.args}
-	if pn.spec.cfg.profile {
-		opts.Configure = func(c *kpv1alpha1.KubeProxyConfiguration) { c.EnableProfiling = true }
+	opts.Configure = func(c *kpv1alpha1.KubeProxyConfiguration) {
+		if pn.spec.proxy == ProxyKubeProxyNFT {
+			c.Mode = "nftables"
+		}
+		c.EnableProfiling = pn.spec.cfg.profile
 	}
 	pn.d = pn.node.StartDaemon(t, opts)
 	t0 := time.Now()
 	sample := spread(pn.services, 20)
 	// iptables-save of a large table costs seconds of CPU that the daemon
-	// would miss: read the rules again only after a new restore succeeded.
+	// would miss: read the rules again only after a new restore succeeded
+	// and the restores paused.
 	rulesOK, seen, probesFailed := false, 0, false
 	var rulesAt time.Time
 	done, err := poll(t.Context(), t0, limit, 250*time.Millisecond, pn.d, func(ctx context.Context) (bool, error) {
@@ -253,16 +302,17 @@ func (pn *proxyNode) coldStart(t *testing.T, limit time.Duration) (time.Time, ti
 			if n == seen {
 				return false, nil
 			}
-			out, err := pn.save(ctx)
-			if err != nil {
-				return false, err
+			// While a chunked cold sync is writing (a restore runs, or
+			// one ended less than a second ago), reading the tables
+			// would only steal its CPU: at 50,000 Services one read
+			// costs tens of seconds. The time reported is the end of
+			// the last restore either way.
+			if pn.td.Running() || time.Since(last) < time.Second {
+				return false, nil
 			}
 			seen = n
-			jumps := EndpointJumps(out)
-			for _, s := range pn.services {
-				if got := jumps[s.chain]; got != len(s.endpoints) {
-					return false, fmt.Errorf("%s (%s) jumps to %d endpoints, want %d", s.chain, s.svc.Name, got, len(s.endpoints))
-				}
+			if err := pn.checkRules(ctx); err != nil {
+				return false, err
 			}
 			rulesOK, rulesAt = true, last
 		}
@@ -282,7 +332,7 @@ func (pn *proxyNode) coldStart(t *testing.T, limit time.Duration) (time.Time, ti
 		// its last transactions make them reachable: the cold start lasts
 		// until that burst of restores ends.
 		time.Sleep(300 * time.Millisecond) // the shim logs after the tool exits
-		settle(pn.restores, 3*time.Second, 2*time.Minute)
+		settle(pn.restores, pn.td.Running, 3*time.Second, 2*time.Minute)
 		if end := BurstEnd(pn.restores(), false, t0, 3*time.Second); end.After(done) {
 			pn.note("cold start: the rules checked complete %v after the start; the burst of restores ended %v after it",
 				done.Sub(t0).Round(time.Millisecond), end.Sub(t0).Round(time.Millisecond))
@@ -290,6 +340,36 @@ func (pn *proxyNode) coldStart(t *testing.T, limit time.Duration) (time.Time, ti
 		}
 	}
 	return t0, done, err
+}
+
+// checkRules reads the node's rules (the nat table, or kube-proxy's
+// nftables table) and checks that every Service's chain jumps to all its
+// endpoints.
+func (pn *proxyNode) checkRules(ctx context.Context) error {
+	if pn.spec.proxy == ProxyKubeProxyNFT {
+		out, err := pn.node.Run(ctx, "/usr/sbin/nft", "list", "table", "ip", "kube-proxy")
+		if err != nil {
+			return err
+		}
+		jumps := NFTEndpointJumps(out)
+		for _, s := range pn.services {
+			if got := jumps[s.nftKey]; got != len(s.endpoints) {
+				return fmt.Errorf("service chain of %s jumps to %d endpoints, want %d", s.nftKey, got, len(s.endpoints))
+			}
+		}
+		return nil
+	}
+	out, err := pn.save(ctx)
+	if err != nil {
+		return err
+	}
+	jumps := EndpointJumps(out)
+	for _, s := range pn.services {
+		if got := jumps[s.chain]; got != len(s.endpoints) {
+			return fmt.Errorf("%s (%s) jumps to %d endpoints, want %d", s.chain, s.svc.Name, got, len(s.endpoints))
+		}
+	}
+	return nil
 }
 
 // run benchmarks one proxy in a fresh node namespace. The API objects are
@@ -324,6 +404,16 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 	b, n := Written(restores(), false, t0, coldDone)
 	res.coldBytes = Bytes(b)
 	note("cold start wrote %d bytes in %d restores", b, n)
+	// Memory after the cold sync (coldStart waited for the restores to
+	// settle).
+	res.rss, _ = readMemory(d)
+
+	if spec.proxy == ProxyIPTProxyBackend {
+		// Only the restart is reported for iptproxy with the backend
+		// given.
+		pn.restart(t, res)
+		return res
+	}
 
 	// 2. Endpoint changes.
 	var took []time.Duration
@@ -353,9 +443,9 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 		note("endpoint changes took %v", took)
 	}
 
-	// 3. Memory after settling.
-	settle(restores, 3*time.Second, time.Minute)
-	res.rss, res.hwm = readMemory(d)
+	// 3. Peak memory after settling.
+	settle(restores, pn.td.Running, 3*time.Second, time.Minute)
+	_, res.hwm = readMemory(d)
 	if cfg.profile {
 		pn.saveHeapProfile(ctx)
 	}
@@ -364,30 +454,39 @@ func (w *world) run(t *testing.T, spec runSpec) *proxyResult {
 	w.firstPacket(t, node, services, spec, res, pn.save, note)
 
 	// 5. Restart with one change made while down.
+	pn.restart(t, res)
+	return res
+}
+
+// restart stops the daemon, swaps one endpoint while it is down, starts it
+// and measures how long until the change answers.
+func (pn *proxyNode) restart(t *testing.T, res *proxyResult) {
+	t.Helper()
+	ctx := t.Context()
+	d, note, restores, limit := pn.d, pn.note, pn.restores, pn.spec.cfg.phaseTimeout
 	d.Stop(t)
-	s := services[len(services)/3]
+	s := pn.services[len(pn.services)/3]
 	pn.swap(t, s)
 	time.Sleep(time.Second) // the apiserver has the change before the daemon lists
 	start := time.Now()
 	d.Start(t)
-	done, err := poll(ctx, start, limit, 5*time.Millisecond, d, answersFresh(node, s))
+	done, err := poll(ctx, start, limit, 5*time.Millisecond, d, answersFresh(pn.node, s))
 	res.restart = timedValue(start, done, err, limit)
 	if err != nil {
 		note("restart: %v", err)
-		return res
+		return
 	}
 	waitLogged(restores, start, time.Minute)
-	settle(restores, 3*time.Second, time.Minute)
-	if spec.proxy == proxyIPTProxy {
+	settle(restores, pn.td.Running, 3*time.Second, time.Minute)
+	if pn.spec.proxy == ProxyIPTProxy || pn.spec.proxy == ProxyIPTProxyBackend {
 		if began, took, ok := FirstFullSync(d.Log(), start.Year(), time.Local); ok {
-			note("restart: the first sync began %v after the start (flags, client, RBAC check, the lists of Services and EndpointSlices) and took %v",
+			note("restart: the first sync began %v after the start (flags, backend detection, client, RBAC check, the lists of Services and EndpointSlices) and took %v",
 				began.Sub(start).Round(time.Millisecond), took.Round(time.Millisecond))
 		}
 	}
-	b, n = Written(restores(), false, start, time.Now())
+	b, n := Written(restores(), false, start, time.Now())
 	res.restartBytes = Bytes(b)
 	note("restart wrote %d bytes in %d restores until settled", b, n)
-	return res
 }
 
 // answersFresh returns a check that a new connection to the Service from the
@@ -423,10 +522,15 @@ func waitLogged(restores func() []Restore, since time.Time, max time.Duration) {
 	}
 }
 
-// settle waits until no restore has started for quiet, or max has passed.
-func settle(restores func() []Restore, quiet, max time.Duration) {
+// settle waits until no restore runs and none has ended for quiet, or max
+// has passed.
+func settle(restores func() []Restore, running func() bool, quiet, max time.Duration) {
 	deadline := time.Now().Add(max)
 	for time.Now().Before(deadline) {
+		if running() {
+			time.Sleep(500 * time.Millisecond)
+			continue
+		}
 		rs := restores()
 		last := time.Time{}
 		for _, r := range rs {
@@ -487,70 +591,80 @@ func readMemory(d *framework.Daemon) (rss, hwm Value) {
 	return rss, hwm
 }
 
-// firstPacket measures connect times from the node to Services early, in
-// the middle and late in KUBE-SERVICES (or in cluster IP order when
-// KUBE-SERVICES is not a list of Services) and to a non-Service address,
-// and the same connects from the no-rules namespace to the endpoint
-// addresses directly.
+// firstPacket measures connect times from the node to 20 Services spread
+// over KUBE-SERVICES (or over the cluster IP order when KUBE-SERVICES is not
+// a list of Services, as with the dispatch tree and nftables mode) and to a
+// non-Service address, and the same connects from the no-rules namespace to
+// the endpoint addresses directly; it reports p50 and p90 of each, less the
+// no-rules p50 and p90.
 func (w *world) firstPacket(t *testing.T, node *framework.Node, services []*benchService, spec runSpec, res *proxyResult,
 	save func(context.Context) (string, error), note func(string, ...any)) {
 	t.Helper()
-	out, err := save(t.Context())
-	if err != nil {
-		note("first packet: iptables-save: %v", err)
-		return
-	}
-	byIP := map[netip.Addr]*benchService{}
-	for _, s := range services {
-		byIP[s.clusterIP] = s
-	}
 	var order []*benchService
-	for _, a := range ChainDestinations(out, "KUBE-SERVICES") {
-		if s := byIP[a]; s != nil {
-			order = append(order, s)
+	if spec.proxy != ProxyKubeProxyNFT {
+		out, err := save(t.Context())
+		if err != nil {
+			note("first packet: iptables-save: %v", err)
+			return
+		}
+		byIP := map[netip.Addr]*benchService{}
+		for _, s := range services {
+			byIP[s.clusterIP] = s
+		}
+		for _, a := range ChainDestinations(out, "KUBE-SERVICES") {
+			if s := byIP[a]; s != nil {
+				order = append(order, s)
+			}
 		}
 	}
-	how := "position in KUBE-SERVICES"
+	how := "spread over KUBE-SERVICES"
 	if len(order) < len(services)/2 {
 		order = slices.Clone(services)
 		slices.SortFunc(order, func(a, b *benchService) int { return a.clusterIP.Compare(b.clusterIP) })
-		how = "cluster IP order (KUBE-SERVICES is not a list of Services)"
+		how = "spread over the cluster IP order (KUBE-SERVICES is not a list of Services)"
 	}
 	nonService, err := NthAddr(netipPrefix(EndpointRange), len(w.objects.services)*spec.size.Endpoints+1000)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
 	type target struct {
-		name           string
 		node, baseline netip.AddrPort
+		services       bool
 	}
-	pick := []struct {
-		name string
-		s    *benchService
-	}{{targetEarly, order[0]}, {targetMiddle, order[len(order)/2]}, {targetLate, order[len(order)-1]}}
+	picked := spread(order, firstPacketServices)
 	var targets []target
-	for _, p := range pick {
+	for _, s := range picked {
 		// The baseline is a connect to one of the Service's endpoints
 		// from a namespace without rules.
-		targets = append(targets, target{p.name, p.s.addr(), netip.AddrPortFrom(p.s.endpoints[len(p.s.endpoints)-1], targetPort)})
+		targets = append(targets, target{s.addr(), netip.AddrPortFrom(s.endpoints[len(s.endpoints)-1], targetPort), true})
 	}
 	none := netip.AddrPortFrom(nonService, targetPort)
-	targets = append(targets, target{targetNone, none, none})
-	note("first packet targets by %s: early %s, middle %s, late %s, non-Service %s", how,
-		pick[0].s.svc.Name, pick[1].s.svc.Name, pick[2].s.svc.Name, nonService)
+	targets = append(targets, target{none, none, false})
+	note("first packet: %d Services %s (first %s, last %s), non-Service %s", len(picked), how,
+		picked[0].svc.Name, picked[len(picked)-1].svc.Name, nonService)
 
-	nodeTimes := make([][]time.Duration, len(targets))
-	baseTimes := make([][]time.Duration, len(targets))
+	// connects per Service target, so that each group has about
+	// spec.cfg.connects.
+	perService := max(1, spec.cfg.connects/len(picked))
+	var nodeSvc, baseSvc, nodeNone, baseNone []time.Duration
 	failures := 0
 	const batch = 25
 	for done := 0; done < spec.cfg.connects; done += batch {
-		for i, tg := range targets {
+		for _, tg := range targets {
+			n := min(batch, spec.cfg.connects-done)
+			nodeOut, baseOut := &nodeNone, &baseNone
+			if tg.services {
+				if done >= perService {
+					continue
+				}
+				n = min(batch, perService-done)
+				nodeOut, baseOut = &nodeSvc, &baseSvc
+			}
 			for _, side := range []struct {
 				ns   *framework.NS
 				addr netip.AddrPort
 				out  *[]time.Duration
-			}{{node.NS, tg.node, &nodeTimes[i]}, {w.bare.NS, tg.baseline, &baseTimes[i]}} {
-				n := min(batch, spec.cfg.connects-done)
+			}{{node.NS, tg.node, nodeOut}, {w.bare.NS, tg.baseline, baseOut}} {
 				ts, fails, err := connectTimes(side.ns.NetNS, side.addr, n)
 				if err != nil {
 					note("first packet: %v", err)
@@ -564,16 +678,18 @@ func (w *world) firstPacket(t *testing.T, node *framework.Node, services []*benc
 	if failures > 0 {
 		note("first packet: %d connects failed (left out)", failures)
 	}
-	var allBase []time.Duration
-	for i, tg := range targets {
-		if len(nodeTimes[i]) == 0 || len(baseTimes[i]) == 0 {
-			continue
+	over := func(nodeTimes, baseTimes []time.Duration, p float64) Value {
+		if len(nodeTimes) == 0 || len(baseTimes) == 0 {
+			return Missing(UnitOverhead, "no connects")
 		}
-		res.firstPacket[tg.name] = Overhead(DurationPercentile(nodeTimes[i], 50) - DurationPercentile(baseTimes[i], 50))
-		allBase = append(allBase, baseTimes[i]...)
+		return Overhead(DurationPercentile(nodeTimes, p) - DurationPercentile(baseTimes, p))
 	}
-	if len(allBase) > 0 {
-		res.baseline = Micros(DurationPercentile(allBase, 50))
+	res.firstPacket[KeyFirstSvcP50] = over(nodeSvc, baseSvc, 50)
+	res.firstPacket[KeyFirstSvcP90] = over(nodeSvc, baseSvc, 90)
+	res.firstPacket[KeyFirstNoneP50] = over(nodeNone, baseNone, 50)
+	res.firstPacket[KeyFirstNoneP90] = over(nodeNone, baseNone, 90)
+	if all := append(slices.Clone(baseSvc), baseNone...); len(all) > 0 {
+		res.baseline = Micros(DurationPercentile(all, 50))
 	}
 }
 

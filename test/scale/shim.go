@@ -11,8 +11,14 @@ import (
 //go:embed restore-shim.sh
 var restoreShim []byte
 
+//go:embed nft-shim.sh
+var nftShim []byte
+
 // EnvRestoreLog is the variable that tells the restore shim where to log.
 const EnvRestoreLog = "IPTPROXY_BENCH_RESTORE_LOG"
+
+// EnvKeep is the variable that tells the shims where to keep large payloads.
+const EnvKeep = "IPTPROXY_BENCH_KEEP"
 
 // ToolDir is a directory of iptables tools to put first in a daemon's PATH:
 // restore shims that count bytes, and plain names bound to one backend.
@@ -23,6 +29,9 @@ type ToolDir struct {
 	Log string
 	// Backend is the iptables backend the tools drive ("nft", "legacy").
 	Backend string
+	// Keep, when set, is a directory where the shims keep a copy of every
+	// payload of 1 MB or more (BENCH_KEEP_PAYLOADS=1).
+	Keep string
 }
 
 // InstallTools fills dir for backend ("nft" or "legacy"), whose real tools
@@ -62,7 +71,27 @@ func InstallTools(dir, backend, realDir string) (ToolDir, error) {
 			}
 		}
 	}
+	if realNFT := filepath.Join(realDir, "nft"); fileExists(realNFT) {
+		shim := filepath.Join(dir, "nft")
+		if err := os.WriteFile(shim, nftShim, 0o755); err != nil {
+			return ToolDir{}, fmt.Errorf("writing %s: %w", shim, err)
+		}
+		if err := os.Symlink(realNFT, shim+".real"); err != nil {
+			return ToolDir{}, fmt.Errorf("linking %s.real: %w", shim, err)
+		}
+	}
 	return td, nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// Running reports whether a shim is running its real tool now.
+func (td ToolDir) Running() bool {
+	m, _ := filepath.Glob(td.Log + ".running.*")
+	return len(m) > 0
 }
 
 // SaveTool returns the backend's iptables-save for the IPv4 tables.
@@ -73,8 +102,12 @@ func (td ToolDir) SaveTool() string { return "iptables-" + td.Backend + "-save" 
 // log variable set. The script replaces itself with bin, so the process ID
 // is bin's.
 func WriteDaemonWrapper(path, bin string, td ToolDir) error {
-	script := fmt.Sprintf("#!/bin/sh\n# Written by iptproxy's benchmark (test/scale).\nexport PATH=%s:\"${PATH}\":/usr/sbin:/sbin\nexport %s=%s\nexec %s \"$@\"\n",
-		shellQuote(td.Dir), EnvRestoreLog, shellQuote(td.Log), shellQuote(bin))
+	keep := ""
+	if td.Keep != "" {
+		keep = fmt.Sprintf("export %s=%s\n", EnvKeep, shellQuote(td.Keep))
+	}
+	script := fmt.Sprintf("#!/bin/sh\n# Written by iptproxy's benchmark (test/scale).\nexport PATH=%s:\"${PATH}\":/usr/sbin:/sbin\nexport %s=%s\n%sexec %s \"$@\"\n",
+		shellQuote(td.Dir), EnvRestoreLog, shellQuote(td.Log), keep, shellQuote(bin))
 	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
 		return fmt.Errorf("writing daemon wrapper: %w", err)
 	}

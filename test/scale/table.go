@@ -3,6 +3,7 @@ package scale
 import (
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -135,7 +136,8 @@ func formatBytes(b float64) string {
 // Ratio returns how many times kube-proxy's figure is iptproxy's
 // ("12.3x"), a lower bound (">40x") when kube-proxy ran out of time, and
 // "—" when there is no meaningful ratio (a missing figure, or a figure that
-// is not positive, such as a negative connect overhead).
+// is not positive, such as a negative connect overhead). The churn table
+// uses it.
 func Ratio(kubeProxy, iptproxy Value) string {
 	const none = "—"
 	if !iptproxy.Valid || iptproxy.X <= 0 {
@@ -150,35 +152,145 @@ func Ratio(kubeProxy, iptproxy Value) string {
 	return none
 }
 
-// Row is one metric of one size and backend, for both proxies.
+// RatioToBest returns iptproxy's figure divided by the best (lowest) of the
+// upstream figures, as the tables print it ("0.36": lower is better
+// for iptproxy, below 1 means iptproxy is ahead of every upstream mode):
+//   - an upstream figure that timed out is a lower bound: when no upstream
+//     figure was measured, the ratio is an upper bound ("<0.05") against the
+//     longest timeout;
+//   - when iptproxy timed out, the ratio is a lower bound (">2.5");
+//   - "—" when there is nothing to compare (missing or non-positive
+//     figures, such as a negative connect overhead).
+func RatioToBest(iptproxy Value, upstream ...Value) string {
+	const none = "—"
+	best, haveBest := 0.0, false
+	var longest time.Duration
+	for _, u := range upstream {
+		switch {
+		case u.Valid && u.X > 0:
+			if !haveBest || u.X < best {
+				best, haveBest = u.X, true
+			}
+		case u.TimeoutAfter > longest:
+			longest = u.TimeoutAfter
+		}
+	}
+	switch {
+	case iptproxy.Valid && iptproxy.X > 0 && haveBest:
+		return formatRatio(iptproxy.X / best)
+	case iptproxy.Valid && iptproxy.X > 0 && longest > 0 && iptproxy.Unit == UnitDuration:
+		return "<" + formatRatio(iptproxy.X/longest.Seconds())
+	case iptproxy.TimeoutAfter > 0 && haveBest:
+		return ">" + formatRatio(iptproxy.TimeoutAfter.Seconds()/best)
+	}
+	return none
+}
+
+// formatRatio prints two decimals, or two significant digits below 0.1.
+func formatRatio(r float64) string {
+	if r >= 0.1 {
+		return fmt.Sprintf("%.2f", r)
+	}
+	return strconv.FormatFloat(r, 'g', 2, 64)
+}
+
+// Proxy names, as BENCH_PROXIES lists them and the tables' columns show them.
+const (
+	// ProxyIPTProxy is iptproxy with its default flags.
+	ProxyIPTProxy = "iptproxy"
+	// ProxyIPTProxyBackend is iptproxy with --iptables-backend given
+	// (measured for the restart only).
+	ProxyIPTProxyBackend = "iptproxy-backend"
+	// ProxyKubeProxy is upstream kube-proxy in iptables mode.
+	ProxyKubeProxy = "kube-proxy"
+	// ProxyKubeProxyNFT is upstream kube-proxy in nftables mode.
+	ProxyKubeProxyNFT = "kube-proxy-nft"
+)
+
+// Upstream reports whether proxy is one of upstream kube-proxy's modes.
+func Upstream(proxy string) bool { return proxy == ProxyKubeProxy || proxy == ProxyKubeProxyNFT }
+
+// columnTitle is a proxy's column header.
+func columnTitle(proxy string) string {
+	switch proxy {
+	case ProxyKubeProxy:
+		return "kube-proxy iptables"
+	case ProxyKubeProxyNFT:
+		return "kube-proxy nftables"
+	}
+	return proxy
+}
+
+// Row is one metric of one size and backend, for every proxy.
 type Row struct {
 	// Size is the cluster size ("1000x10").
 	Size string
 	// Backend is the iptables backend ("nft", "legacy").
 	Backend string
-	// Metric names what was measured.
+	// Key names the metric for machines (the JSON output and the chart):
+	// "cold", "change", "restart", "rss", ...
+	Key string
+	// Metric names what was measured, for people.
 	Metric string
-	// IPTProxy and KubeProxy are the two figures.
-	IPTProxy, KubeProxy Value
+	// Values are the figures by proxy name; a proxy without one shows as
+	// "not run".
+	Values map[string]Value
 }
 
 // Table is the benchmark's result.
 type Table struct {
-	Rows []Row
+	// Proxies are the columns, in order; iptproxy first.
+	Proxies []string
+	Rows    []Row
 }
 
-// Markdown renders the table with a header row; the ratio column is
-// kube-proxy's figure divided by iptproxy's (higher is better for
+// Markdown renders the table with a header row and, when it has iptproxy
+// and at least one upstream mode, a last column with iptproxy's figure
+// divided by the best upstream one (see RatioToBest; lower is better for
 // iptproxy).
 func (t Table) Markdown() string {
 	var b strings.Builder
-	b.WriteString("| Size | Backend | Metric | iptproxy | kube-proxy | kube-proxy ÷ iptproxy |\n")
-	b.WriteString("|---|---|---|--:|--:|--:|\n")
+	var ups []string
+	hasIPT := false
+	for _, p := range t.Proxies {
+		if Upstream(p) {
+			ups = append(ups, p)
+		}
+		hasIPT = hasIPT || p == ProxyIPTProxy
+	}
+	ratio := hasIPT && len(ups) > 0
+	b.WriteString("| Size | Backend | Metric |")
+	for _, p := range t.Proxies {
+		fmt.Fprintf(&b, " %s |", columnTitle(p))
+	}
+	if ratio {
+		b.WriteString(" iptproxy ÷ best upstream |")
+	}
+	b.WriteString("\n|---|---|---|")
+	for range t.Proxies {
+		b.WriteString("--:|")
+	}
+	if ratio {
+		b.WriteString("--:|")
+	}
+	b.WriteString("\n")
 	for _, r := range t.Rows {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n",
-			escapeCell(r.Size), escapeCell(r.Backend), escapeCell(r.Metric),
-			escapeCell(r.IPTProxy.String()), escapeCell(r.KubeProxy.String()),
-			Ratio(r.KubeProxy, r.IPTProxy))
+		fmt.Fprintf(&b, "| %s | %s | %s |", escapeCell(r.Size), escapeCell(r.Backend), escapeCell(r.Metric))
+		for _, p := range t.Proxies {
+			v, ok := r.Values[p]
+			if !ok {
+				v = Missing(UnitDuration, "—")
+			}
+			fmt.Fprintf(&b, " %s |", escapeCell(v.String()))
+		}
+		if ratio {
+			var uv []Value
+			for _, p := range ups {
+				uv = append(uv, r.Values[p])
+			}
+			fmt.Fprintf(&b, " %s |", RatioToBest(r.Values[ProxyIPTProxy], uv...))
+		}
+		b.WriteString("\n")
 	}
 	return b.String()
 }
