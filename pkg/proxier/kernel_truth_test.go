@@ -37,6 +37,22 @@ func (c *countingSaves) Foreign() (uint64, bool) {
 	return 0, false
 }
 
+// journalRunner enters a private network namespace and returns a Runner
+// for backend with a Journal, counting its Saves; it skips the test where
+// the backend cannot run.
+func journalRunner(t *testing.T, backend iptables.Backend) *countingSaves {
+	t.Helper()
+	kerneltest.Enter(t)
+	if err := iptables.Present(context.Background(), v1.IPv4Protocol, backend); err != nil {
+		t.Skipf("iptables %s not usable here: %v", backend, err)
+	}
+	runner, err := iptables.New(v1.IPv4Protocol, backend, iptables.WithJournal(iptables.NewJournal()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &countingSaves{Interface: runner}
+}
+
 // TestFirstSyncVerifiesTheEarlyRead restarts a proxier over rules a
 // previous one wrote, with the tables read ahead of the first sync (as
 // while the informers list): when nothing changed since, the first sync
@@ -52,16 +68,8 @@ func TestFirstSyncVerifiesTheEarlyRead(t *testing.T) {
 				name = string(backend) + "/endpoint chain flushed after the read"
 			}
 			t.Run(name, func(t *testing.T) {
-				kerneltest.Enter(t)
+				ipt := journalRunner(t, backend)
 				ctx := context.Background()
-				if err := iptables.Present(ctx, v1.IPv4Protocol, backend); err != nil {
-					t.Skipf("iptables %s not usable here: %v", backend, err)
-				}
-				runner, err := iptables.New(v1.IPv4Protocol, backend, iptables.WithJournal(iptables.NewJournal()))
-				if err != nil {
-					t.Fatal(err)
-				}
-				ipt := &countingSaves{Interface: runner}
 				now := time.Now()
 				opts := Options{Rules: kernelRulesConfig(), SyncPeriod: time.Minute, IPTables: ipt,
 					Clock: func() time.Time { return now }}
@@ -80,6 +88,7 @@ func TestFirstSyncVerifiesTheEarlyRead(t *testing.T) {
 				foreign, known := p.foreign()
 				saves := map[iptables.Table][]byte{}
 				for _, tbl := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
+					var err error
 					if saves[tbl], err = ipt.Save(ctx, tbl); err != nil {
 						t.Fatal(err)
 					}
@@ -148,16 +157,8 @@ func TestDriftCheck(t *testing.T) {
 				"-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"}, "PREROUTING -> KUBE-SERVICES"},
 		} {
 			t.Run(string(backend)+"/"+tc.name, func(t *testing.T) {
-				kerneltest.Enter(t)
+				ipt := journalRunner(t, backend)
 				ctx := context.Background()
-				if err := iptables.Present(ctx, v1.IPv4Protocol, backend); err != nil {
-					t.Skipf("iptables %s not usable here: %v", backend, err)
-				}
-				runner, err := iptables.New(v1.IPv4Protocol, backend, iptables.WithJournal(iptables.NewJournal()))
-				if err != nil {
-					t.Fatal(err)
-				}
-				ipt := &countingSaves{Interface: runner}
 				now := time.Now()
 				logger, _ := ktesting.NewTestContext(t)
 				p := New(logger, Options{Rules: kernelRulesConfig(), SyncPeriod: time.Second, IPTables: ipt,
