@@ -91,11 +91,19 @@ func (p *Proxier) compareKernel(ctx context.Context) (map[iptables.Table][]byte,
 		}
 		saves[t] = save
 	}
+	saved := map[iptables.Table]*iptables.SavedTable{}
+	for t, save := range saves {
+		st, err := iptables.ParseSaveTable(t, save)
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading the %s table: %w", t, err)
+		}
+		saved[t] = st
+	}
 	watched := func(name string) bool { return rules.IsServiceChain(name) || rules.IsRootChain(name) }
 	drifted := map[iptables.Table][]string{}
 	p.syncMu.Lock()
-	for t, save := range saves {
-		if names := p.applied.Drifted(t, save, watched, rules.IsServiceChain); len(names) > 0 {
+	for t, st := range saved {
+		if names := p.applied.Drifted(st, watched, rules.IsServiceChain); len(names) > 0 {
 			drifted[t] = names
 		}
 	}

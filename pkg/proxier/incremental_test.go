@@ -13,7 +13,6 @@ import (
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
 	iptablestest "github.com/iptproxy/iptproxy/pkg/iptables/testing"
-	"github.com/iptproxy/iptproxy/pkg/planner"
 )
 
 // TestIncrementalSyncsMatchScratch applies rounds of random changes
@@ -140,7 +139,7 @@ func tableChains(t *testing.T, ipt *iptablestest.Fake, table iptables.Table) map
 	if err != nil {
 		t.Fatalf("save %s: %v", table, err)
 	}
-	return planner.ParseSave(save)
+	return userChains(save)
 }
 
 // chainDiff describes how two tables differ, briefly.

@@ -30,7 +30,7 @@ func (j jump) args() []string {
 func (j jump) line() string {
 	parts := append([]string{"-A", j.from}, j.extra...)
 	if j.comment != "" {
-		parts = append(parts, "-m", "comment", "--comment", rules.Quote(j.comment))
+		parts = append(parts, "-m", "comment", "--comment", iptables.Quote(j.comment))
 	}
 	return strings.Join(append(parts, "-j", j.to), " ")
 }

@@ -451,8 +451,14 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 				readOK = false
 				continue
 			}
+			saved, err := iptables.ParseSaveTable(t, save)
+			if err != nil {
+				logger.Error(err, "Reading the current rules failed; rewriting every chain", "table", t)
+				p.applied.Forget(t)
+				continue
+			}
 			saves[t] = save
-			p.applied.Adopt(t, save)
+			p.applied.Adopt(saved)
 		}
 		// Once this sync commits, the record matches what was read plus
 		// iptproxy's own writes.
@@ -473,7 +479,10 @@ func (p *Proxier) Sync(ctx context.Context) (err error) {
 	p.generation.Store(rs.Generation)
 	report.Rendered = rs.Stats.Rendered
 	report.LargeClusterMode = rs.Stats.LargeClusterMode
-	plan := planner.ComputeChunked(rs, p.applied, rules.IsServiceChain, p.maxRestoreLines())
+	plan, err := planner.ComputeChunked(rs, p.applied, rules.IsServiceChain, p.maxRestoreLines())
+	if err != nil {
+		return err
+	}
 	report.RulesWritten = plan.Rules
 	report.Incremental = plan.Incremental
 	report.BytesWritten = plan.Size()
