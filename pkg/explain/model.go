@@ -5,7 +5,7 @@
 //
 // It never depends on rule text or chain layout: the rules are produced by
 // the daemon's own code (pkg/proxier with the in-memory iptables of
-// pkg/iptables/testing) and questions are answered by tracing packets
+// the in-memory backend pkg/iptables/memory) and questions are answered by tracing packets
 // through them with pkg/trace.
 package explain
 
@@ -20,7 +20,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
-	iptablestest "github.com/iptproxy/iptproxy/pkg/iptables/testing"
+	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
@@ -59,7 +59,7 @@ func (m *Model) Payload() []byte { return m.Desired.Payload() }
 // through the tracker and the proxier exactly as informer events would, and
 // the proxier writes into an in-memory iptables.
 func Build(ctx context.Context, logger klog.Logger, objs *Objects, cfg rules.Config) (*Model, error) {
-	fake := iptablestest.NewFake(cfg.Family)
+	fake := memory.New(cfg.Family)
 	p := proxier.New(logger, proxier.Options{Rules: cfg, IPTables: fake})
 	p.OnNodeUpdate(cfg.Zone, cfg.NodeIPs)
 	tracker := proxy.NewTracker(logger, cfg.Family, cfg.NodeName)
@@ -88,8 +88,8 @@ func Build(ctx context.Context, logger klog.Logger, objs *Objects, cfg rules.Con
 // no Service: its jumps from the built-in chains and its empty chains.
 // Restoring a payload of our chains (from render or /debug/rules) on top
 // gives the node's tables.
-func BaseTables(ctx context.Context, logger klog.Logger, cfg rules.Config) (*iptablestest.Fake, error) {
-	fake := iptablestest.NewFake(cfg.Family)
+func BaseTables(ctx context.Context, logger klog.Logger, cfg rules.Config) (*memory.Tables, error) {
+	fake := memory.New(cfg.Family)
 	p := proxier.New(logger, proxier.Options{Rules: cfg, IPTables: fake})
 	if err := p.Sync(ctx); err != nil {
 		return nil, fmt.Errorf("installing the base chains: %w", err)

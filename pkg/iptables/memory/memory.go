@@ -1,8 +1,9 @@
-// Package testing provides Fake, an in-memory iptables.Interface for unit
-// tests. It keeps the tables in a ruleset.Ruleset, applies restore
-// payloads with iptables-restore's semantics, records every payload and can
-// trace packets through the rules.
-package testing
+// Package memory is an iptables backend that keeps the tables in memory:
+// Tables implements iptables.Interface with iptables-restore's semantics
+// (strict validation, a transaction per table), records every payload and
+// traces packets through the rules. The offline commands (show, trace,
+// render, diff), /debug/services and the tests run on it.
+package memory
 
 import (
 	"context"
@@ -18,12 +19,12 @@ import (
 	"github.com/iptproxy/iptproxy/pkg/trace"
 )
 
-// Fake is an in-memory iptables.Interface for one IP family. Restore
+// Tables is the in-memory iptables.Interface for one IP family. Restore
 // validates payloads strictly, the way the kernel and iptables-restore
 // would (unknown extensions, jumps to missing chains, deleting referenced
 // chains, loops, addresses of the other family are all errors), and
 // commits each table at its COMMIT. It is safe for concurrent use.
-type Fake struct {
+type Tables struct {
 	family v1.IPFamily
 
 	mu       sync.Mutex
@@ -32,7 +33,7 @@ type Fake struct {
 	failures []error
 }
 
-var _ iptables.Interface = (*Fake)(nil)
+var _ iptables.Interface = (*Tables)(nil)
 
 // RestoreCall records one call of Restore.
 type RestoreCall struct {
@@ -42,9 +43,9 @@ type RestoreCall struct {
 	Err error
 }
 
-// NewFake returns a Fake for family whose filter, nat and mangle tables
+// New returns Tables for family whose filter, nat and mangle tables
 // hold only their built-in chains, with ACCEPT policies.
-func NewFake(family v1.IPFamily) *Fake {
+func New(family v1.IPFamily) *Tables {
 	opts := ruleset.Options{Strict: true, Family: ruleset.FamilyIPv4}
 	if family == v1.IPv6Protocol {
 		opts.Family = ruleset.FamilyIPv6
@@ -57,14 +58,14 @@ func NewFake(family v1.IPFamily) *Fake {
 			panic(err) // the three tables are known to ruleset
 		}
 	}
-	return &Fake{family: family, rs: rs}
+	return &Tables{family: family, rs: rs}
 }
 
 // Family implements iptables.Interface.
-func (f *Fake) Family() v1.IPFamily { return f.family }
+func (m *Tables) Family() v1.IPFamily { return m.family }
 
-func (f *Fake) restoreCommand() string {
-	if f.family == v1.IPv6Protocol {
+func (m *Tables) restoreCommand() string {
+	if m.family == v1.IPv6Protocol {
 		return "ip6tables-restore"
 	}
 	return "iptables-restore"
@@ -77,25 +78,25 @@ func (f *Fake) restoreCommand() string {
 // line and whose Err is the *ruleset.LineError, so errors.Is works with the
 // ruleset.Err* values. A failure queued with FailNextRestore is returned
 // instead, without touching the tables.
-func (f *Fake) Restore(ctx context.Context, payload []byte) error {
+func (m *Tables) Restore(ctx context.Context, payload []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	var err error
-	if len(f.failures) > 0 {
-		err = f.failures[0]
-		f.failures = f.failures[1:]
-	} else if rerr := f.rs.Restore(payload, true); rerr != nil {
-		err = f.restoreError(rerr)
+	if len(m.failures) > 0 {
+		err = m.failures[0]
+		m.failures = m.failures[1:]
+	} else if rerr := m.rs.Restore(payload, true); rerr != nil {
+		err = m.restoreError(rerr)
 	}
-	f.restores = append(f.restores, RestoreCall{Payload: slices.Clone(payload), Err: err})
+	m.restores = append(m.restores, RestoreCall{Payload: slices.Clone(payload), Err: err})
 	return err
 }
 
-func (f *Fake) restoreError(err error) *iptables.RestoreError {
-	cmd := f.restoreCommand()
+func (m *Tables) restoreError(err error) *iptables.RestoreError {
+	cmd := m.restoreCommand()
 	re := &iptables.RestoreError{Command: cmd, ExitCode: 1, Err: err, Output: fmt.Sprintf("%s: %v", cmd, err)}
 	var le *ruleset.LineError
 	if errors.As(err, &le) {
@@ -110,13 +111,13 @@ func (f *Fake) restoreError(err error) *iptables.RestoreError {
 
 // Save implements iptables.Interface. The output is deterministic: chains
 // in iptables-save order, no counters, no comments.
-func (f *Fake) Save(ctx context.Context, table iptables.Table) ([]byte, error) {
+func (m *Tables) Save(ctx context.Context, table iptables.Table) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	out := f.rs.Save(string(table))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := m.rs.Save(string(table))
 	if out == nil {
 		return nil, fmt.Errorf("iptables-save -t %s: %w", table, ruleset.ErrNoTable)
 	}
@@ -124,122 +125,122 @@ func (f *Fake) Save(ctx context.Context, table iptables.Table) ([]byte, error) {
 }
 
 // EnsureChain implements iptables.Interface.
-func (f *Fake) EnsureChain(ctx context.Context, table iptables.Table, chain string) (bool, error) {
+func (m *Tables) EnsureChain(ctx context.Context, table iptables.Table, chain string) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.rs.Chain(string(table), chain) != nil {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.rs.Chain(string(table), chain) != nil {
 		return true, nil
 	}
-	return false, f.rs.Exec(string(table), "-N", chain)
+	return false, m.rs.Exec(string(table), "-N", chain)
 }
 
 // EnsureRulePrepended implements iptables.Interface. Rules compare as
 // iptables compares them for -C (so "-s 10.0.0.1" and "--source
 // 10.0.0.1/32" are the same rule). A missing chain is an error.
-func (f *Fake) EnsureRulePrepended(ctx context.Context, table iptables.Table, chain string, args ...string) (bool, error) {
+func (m *Tables) EnsureRulePrepended(ctx context.Context, table iptables.Table, chain string, args ...string) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	exists, err := f.rs.HasRule(string(table), chain, args...)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	exists, err := m.rs.HasRule(string(table), chain, args...)
 	if err != nil {
 		return false, err
 	}
 	if exists {
 		return true, nil
 	}
-	return false, f.rs.Exec(string(table), append([]string{"-I", chain, "1"}, args...)...)
+	return false, m.rs.Exec(string(table), append([]string{"-I", chain, "1"}, args...)...)
 }
 
 // DeleteRule implements iptables.Interface.
-func (f *Fake) DeleteRule(ctx context.Context, table iptables.Table, chain string, args ...string) error {
+func (m *Tables) DeleteRule(ctx context.Context, table iptables.Table, chain string, args ...string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	exists, err := f.rs.HasRule(string(table), chain, args...)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	exists, err := m.rs.HasRule(string(table), chain, args...)
 	if err != nil || !exists {
 		return err
 	}
-	return f.rs.Exec(string(table), append([]string{"-D", chain}, args...)...)
+	return m.rs.Exec(string(table), append([]string{"-D", chain}, args...)...)
 }
 
 // ChainExists implements iptables.Interface.
-func (f *Fake) ChainExists(ctx context.Context, table iptables.Table, chain string) (bool, error) {
+func (m *Tables) ChainExists(ctx context.Context, table iptables.Table, chain string) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.rs.Chain(string(table), chain) != nil, nil
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.rs.Chain(string(table), chain) != nil, nil
 }
 
 // DeleteChain implements iptables.Interface. Like the real one it flushes
 // the chain, then deletes it: when rules still jump to it, the chain ends
 // up flushed but not deleted, and the error wraps
 // ruleset.ErrChainInUse.
-func (f *Fake) DeleteChain(ctx context.Context, table iptables.Table, chain string) error {
+func (m *Tables) DeleteChain(ctx context.Context, table iptables.Table, chain string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.rs.Chain(string(table), chain) == nil {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.rs.Chain(string(table), chain) == nil {
 		return nil
 	}
-	if err := f.rs.Exec(string(table), "-F", chain); err != nil {
+	if err := m.rs.Exec(string(table), "-F", chain); err != nil {
 		return err
 	}
-	return f.rs.Exec(string(table), "-X", chain)
+	return m.rs.Exec(string(table), "-X", chain)
 }
 
-// Ruleset returns a snapshot of the tables. Later changes to the Fake do
-// not show in it, and changes to it do not affect the Fake.
-func (f *Fake) Ruleset() *ruleset.Ruleset {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.rs.Clone()
+// Ruleset returns a snapshot of the tables. Later changes to the Tables do
+// not show in it, and changes to it do not affect the Tables.
+func (m *Tables) Ruleset() *ruleset.Ruleset {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.rs.Clone()
 }
 
 // Restores returns every Restore call so far, oldest first.
-func (f *Fake) Restores() []RestoreCall {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.restores)
+func (m *Tables) Restores() []RestoreCall {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.restores)
 }
 
 // LastRestore returns the payload of the latest Restore call, or nil.
-func (f *Fake) LastRestore() []byte {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.restores) == 0 {
+func (m *Tables) LastRestore() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.restores) == 0 {
 		return nil
 	}
-	return f.restores[len(f.restores)-1].Payload
+	return m.restores[len(m.restores)-1].Payload
 }
 
 // ResetRestores forgets the recorded Restore calls (for example after a
 // test has set up its initial state).
-func (f *Fake) ResetRestores() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.restores = nil
+func (m *Tables) ResetRestores() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.restores = nil
 }
 
 // FailNextRestore makes the next Restore call that has not been told to
 // fail yet return err, without applying its payload. Calls queue up. A nil
 // err stands for an *iptables.RestoreError as iptables-restore would
 // produce for a commit the kernel refused (exit status 1, no line).
-func (f *Fake) FailNextRestore(err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+func (m *Tables) FailNextRestore(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if err == nil {
-		cmd := f.restoreCommand()
+		cmd := m.restoreCommand()
 		err = &iptables.RestoreError{
 			Command:  cmd,
 			ExitCode: 1,
@@ -247,10 +248,10 @@ func (f *Fake) FailNextRestore(err error) {
 			Err:      errors.New("injected failure"),
 		}
 	}
-	f.failures = append(f.failures, err)
+	m.failures = append(m.failures, err)
 }
 
 // Trace traces pkt through the current tables on node.
-func (f *Fake) Trace(node trace.Node, pkt trace.Packet) (*trace.Result, error) {
-	return trace.Trace(f.Ruleset(), node, pkt)
+func (m *Tables) Trace(node trace.Node, pkt trace.Packet) (*trace.Result, error) {
+	return trace.Trace(m.Ruleset(), node, pkt)
 }
