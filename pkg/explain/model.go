@@ -19,8 +19,8 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/klog/v2"
 
-	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
 	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
+	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
@@ -62,22 +62,18 @@ func Build(ctx context.Context, logger klog.Logger, objs *Objects, cfg rules.Con
 	fake := memory.New(cfg.Family)
 	p := proxier.New(logger, proxier.Options{Rules: cfg, IPTables: fake})
 	p.OnNodeUpdate(cfg.Zone, cfg.NodeIPs)
-	tracker := proxy.NewTracker(logger, cfg.Family, cfg.NodeName)
 	for _, svc := range objs.Services {
-		tracker.OnServiceUpdate(nil, svc)
 		p.OnServiceUpdate(nil, svc)
 	}
 	for _, s := range objs.Slices {
-		tracker.OnEndpointSliceUpdate(s, false)
 		p.OnEndpointSliceUpdate(s, false)
 	}
 	if err := p.Sync(ctx); err != nil {
 		return nil, fmt.Errorf("rendering the %s rules: %w", cfg.Family, err)
 	}
-	state, _ := tracker.Checkout()
 	return &Model{
 		Config:  cfg,
-		State:   state,
+		State:   p.State(),
 		Desired: p.Desired(),
 		Tables:  fake.Ruleset(),
 		Node:    trace.Node{LocalAddrs: cfg.NodeIPs},

@@ -251,6 +251,14 @@ func (p *Proxier) Desired() *rules.Ruleset {
 	return rs
 }
 
+// State returns the Service and endpoint model of the most recent sync
+// (nil before the first). It is a snapshot: later syncs do not change it.
+func (p *Proxier) State() *proxy.State {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	return p.state
+}
+
 // Generation returns the render generation of the last sync (0 before the
 // first): Desired's result changes only when it does.
 func (p *Proxier) Generation() uint64 { return p.generation.Load() }
