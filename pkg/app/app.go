@@ -50,7 +50,7 @@ const (
 func Run(ctx context.Context, o *options.Options) error {
 	logger := klog.FromContext(ctx)
 	cfg := o.Config
-	backend, err := chooseBackend(ctx, o.IPTablesBackend)
+	backend, err := iptables.ChooseBackend(ctx, string(o.IPTablesBackend))
 	if err != nil {
 		return err
 	}
@@ -245,16 +245,6 @@ func serve(ctx context.Context, name string, run func(context.Context) error, ha
 	}
 	klog.FromContext(ctx).Error(err, "Server failed; continuing without it", "server", name)
 	return nil
-}
-
-func chooseBackend(ctx context.Context, b options.IPTablesBackend) (iptables.Backend, error) {
-	switch b {
-	case options.BackendNFT:
-		return iptables.BackendNFT, nil
-	case options.BackendLegacy:
-		return iptables.BackendLegacy, nil
-	}
-	return iptables.DetectBackend(ctx)
 }
 
 func otherFamily(f v1.IPFamily) v1.IPFamily {

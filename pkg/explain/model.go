@@ -98,12 +98,8 @@ func BaseTables(ctx context.Context, logger klog.Logger, cfg rules.Config) (*mem
 // is taken as is; a payload of our chains only (render, /debug/rules) is
 // restored on top of BaseTables, as the daemon would have it.
 func LoadRules(ctx context.Context, logger klog.Logger, text []byte, cfg rules.Config) (*ruleset.Ruleset, error) {
-	fam := ruleset.FamilyIPv4
-	if cfg.Family == v1.IPv6Protocol {
-		fam = ruleset.FamilyIPv6
-	}
 	text = FamilySection(text, cfg.Family)
-	rs, err := ruleset.ParseWith(text, ruleset.Options{Family: fam})
+	rs, err := memory.Parse(text, cfg.Family)
 	if err != nil {
 		return nil, fmt.Errorf("parsing the rules: %w", err)
 	}

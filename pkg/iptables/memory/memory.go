@@ -43,16 +43,29 @@ type RestoreCall struct {
 	Err error
 }
 
+// Family returns the ruleset family of an IP family: IPv6, or IPv4 for
+// anything else.
+func Family(f v1.IPFamily) ruleset.Family {
+	if f == v1.IPv6Protocol {
+		return ruleset.FamilyIPv6
+	}
+	return ruleset.FamilyIPv4
+}
+
+// Parse reads iptables-save (or iptables-restore) text of a node's tables
+// for family, leniently: extensions the ruleset does not model are kept as
+// they are, as a node may hold anything. The result can be traced.
+func Parse(text []byte, family v1.IPFamily) (*ruleset.Ruleset, error) {
+	return ruleset.ParseWith(text, ruleset.Options{Family: Family(family)})
+}
+
 // New returns Tables for family whose filter, nat and mangle tables
 // hold only their built-in chains, with ACCEPT policies.
 func New(family v1.IPFamily) *Tables {
-	opts := ruleset.Options{Strict: true, Family: ruleset.FamilyIPv4}
-	if family == v1.IPv6Protocol {
-		opts.Family = ruleset.FamilyIPv6
-	} else {
+	if family != v1.IPv6Protocol {
 		family = v1.IPv4Protocol
 	}
-	rs := ruleset.New(opts)
+	rs := ruleset.New(ruleset.Options{Strict: true, Family: Family(family)})
 	for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT, iptables.TableMangle} {
 		if err := rs.AddTable(string(t)); err != nil {
 			panic(err) // the three tables are known to ruleset
