@@ -404,4 +404,3 @@ func liveRules(ctx context.Context, env Env, backendFlag string, family v1.IPFam
 	}
 	return rs, node, nil
 }
-
