@@ -259,20 +259,45 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		rs.Stats.Rendered, svcChains = r.fill(state)
 	}
 
+	r.countPorts(&rs.Stats)
+	top, dispatchNAT, dispatchFilter := r.buildTrees(rs)
+	base := r.baseNAT(top)
+	rs.NAT = make([]*Chain, 0, len(base)+len(dispatchNAT)+len(svcChains))
+	rs.NAT = append(rs.NAT, base...)
+	rs.NAT = append(rs.NAT, dispatchNAT...)
+	rs.NAT = append(rs.NAT, svcChains...)
+	baseFilter := r.baseFilter(top)
+	rs.Filter = append(baseFilter, dispatchFilter...)
+	for _, c := range base {
+		rs.Stats.NATRules += len(c.Rules)
+	}
+	for _, c := range baseFilter {
+		rs.Stats.FilterRules += len(c.Rules)
+	}
+	return rs
+}
+
+// countPorts adds the cached ports' endpoints, rules and ports without
+// local endpoints to st, and remembers the endpoint count.
+func (r *Renderer) countPorts(st *Stats) {
 	for _, cp := range r.order {
-		rs.Stats.Endpoints += cp.endpoints
-		rs.Stats.NATRules += cp.rules
+		st.Endpoints += cp.endpoints
+		st.NATRules += cp.rules
 		if cp.noLocalInternal {
-			rs.Stats.NoLocalEndpointsInternal++
+			st.NoLocalEndpointsInternal++
 		}
 		if cp.noLocalExternal {
-			rs.Stats.NoLocalEndpointsExternal++
+			st.NoLocalEndpointsExternal++
 		}
 	}
-	r.endpoints = rs.Stats.Endpoints
+	r.endpoints = st.Endpoints
+}
 
-	var dispatchNAT, dispatchFilter []*Chain
-	var top [numTrees][]iptables.Rule
+// buildTrees builds the dispatch trees: it returns each tree's rules in
+// its shared chain, and the dispatch chains of nat and filter (with a
+// Delta, only the fresh ones, the gone ones recorded in it), counting
+// their rules in rs.Stats.
+func (r *Renderer) buildTrees(rs *Ruleset) (top [numTrees][]iptables.Rule, nat, filter []*Chain) {
 	for t, d := range r.trees {
 		rules, chains, fresh, gone := d.build(rs.Delta != nil)
 		top[t] = rules
@@ -284,10 +309,10 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 			chains = fresh
 		}
 		if d.table == "nat" {
-			dispatchNAT = append(dispatchNAT, chains...)
+			nat = append(nat, chains...)
 			rs.Stats.NATRules += n
 		} else {
-			dispatchFilter = append(dispatchFilter, chains...)
+			filter = append(filter, chains...)
 			rs.Stats.FilterRules += n
 		}
 		if rs.Delta == nil {
@@ -299,10 +324,14 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 			rs.Delta.GoneFilter = append(rs.Delta.GoneFilter, gone...)
 		}
 	}
+	return top, nat, filter
+}
 
-	cfg := &r.cfg
-	mark := cfg.masqMark()
-	base := []*Chain{
+// baseNAT returns nat's shared chains: KUBE-SERVICES and KUBE-NODEPORTS
+// (the roots of their trees), KUBE-POSTROUTING and KUBE-MARK-MASQ.
+func (r *Renderer) baseNAT(top [numTrees][]iptables.Rule) []*Chain {
+	mark := r.cfg.masqMark()
+	return []*Chain{
 		{Name: ChainServices, Rules: append(slices.Clip(top[treeNATServices]), r.nodePortsTail()...)},
 		{Name: ChainNodePorts, Rules: top[treeNATNodePorts]},
 		{Name: ChainPostrouting, Rules: []iptables.Rule{
@@ -312,11 +341,13 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		}},
 		{Name: ChainMarkMasq, Rules: []iptables.Rule{(&iptables.RuleBuilder{}).Jump("MARK", "--set-xmark", mark+"/"+mark).Rule()}},
 	}
-	rs.NAT = make([]*Chain, 0, len(base)+len(dispatchNAT)+len(svcChains))
-	rs.NAT = append(rs.NAT, base...)
-	rs.NAT = append(rs.NAT, dispatchNAT...)
-	rs.NAT = append(rs.NAT, svcChains...)
+}
 
+// baseFilter returns filter's shared chains: the roots of its trees,
+// KUBE-FORWARD and, for localhost node ports, kubelet's KUBE-FIREWALL.
+func (r *Renderer) baseFilter(top [numTrees][]iptables.Rule) []*Chain {
+	cfg := &r.cfg
+	mark := cfg.masqMark()
 	var forward []iptables.Rule
 	if !cfg.ConntrackTCPLiberal {
 		invalid := (&iptables.RuleBuilder{}).Match("-m", "conntrack", "--ctstate", "INVALID")
@@ -329,7 +360,7 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		(&iptables.RuleBuilder{}).Comment("kubernetes forwarding rules").Match("-m", "mark", "--mark", mark+"/"+mark).Jump("ACCEPT").Rule(),
 		(&iptables.RuleBuilder{}).Comment("kubernetes forwarding conntrack rule").Match("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED").Jump("ACCEPT").Rule(),
 	)
-	baseFilter := []*Chain{
+	chains := []*Chain{
 		{Name: ChainServices, Rules: top[treeFilterServices]},
 		{Name: ChainExternalServices, Rules: top[treeFilterExternal]},
 		{Name: ChainForward, Rules: forward},
@@ -337,21 +368,14 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		{Name: ChainProxyFirewall, Rules: top[treeFilterFirewall]},
 	}
 	if !cfg.isIPv6() && cfg.LocalhostNodePorts {
-		baseFilter = append(baseFilter, &Chain{Name: ChainKubeletFirewall, Rules: []iptables.Rule{
+		chains = append(chains, &Chain{Name: ChainKubeletFirewall, Rules: []iptables.Rule{
 			(&iptables.RuleBuilder{Src: "127.0.0.0/8", NotSrc: true, Dst: "127.0.0.0/8"}).
 				Comment("block incoming localnet connections").
 				Match("-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT").
 				Jump("DROP").Rule(),
 		}})
 	}
-	rs.Filter = append(baseFilter, dispatchFilter...)
-	for _, c := range base {
-		rs.Stats.NATRules += len(c.Rules)
-	}
-	for _, c := range baseFilter {
-		rs.Stats.FilterRules += len(c.Rules)
-	}
-	return rs
+	return chains
 }
 
 // fill renders every Service port from scratch and rebuilds the cache and
