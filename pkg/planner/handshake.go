@@ -49,6 +49,11 @@ func (p *Planner) SetNode(zone string, nodeIPs []netip.Addr) bool {
 	return true
 }
 
+// Trust says whether the record is known to match the kernel now (see
+// Applied.Trust): a delta plan then writes only the chains whose content
+// changed.
+func (p *Planner) Trust(trusted bool) { p.applied.Trust(trusted) }
+
 // Adopt replaces the record of a table with a dump of it (see
 // Applied.Adopt); the next plan renders everything.
 func (p *Planner) Adopt(saved *iptables.SavedTable) { p.applied.Adopt(saved) }

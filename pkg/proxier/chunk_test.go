@@ -150,3 +150,17 @@ func userChains(save []byte) map[string][]string {
 	}
 	return out
 }
+
+// parseSaves reads iptables-save dumps per table.
+func parseSaves(t testing.TB, saves map[iptables.Table][]byte) map[iptables.Table]*iptables.SavedTable {
+	t.Helper()
+	out := map[iptables.Table]*iptables.SavedTable{}
+	for tbl, save := range saves {
+		st, err := iptables.ParseSaveTable(tbl, save)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[tbl] = st
+	}
+	return out
+}

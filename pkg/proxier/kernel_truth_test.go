@@ -92,7 +92,7 @@ func TestFirstSyncVerifiesTheEarlyRead(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				p.early = p.readySaves(saves, now, foreign, known)
+				p.early = p.readySaves(parseSaves(t, saves), now, foreign, known)
 				spn := proxy.ServicePortName{NamespacedName: s2nn("ns", "plain"), Port: "p", Protocol: v1.ProtocolTCP}
 				sep := endpointChainOf(t, saves[iptables.TableNAT], rules.ChainNamesFor(spn).Cluster)
 				if flush {
