@@ -15,7 +15,7 @@ import (
 
 	"github.com/iptproxy/iptproxy/pkg/iptables/kerneltest"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
-	rt "github.com/iptproxy/iptproxy/pkg/rules/rulestest"
+	rt "github.com/iptproxy/iptproxy/pkg/proxier/proxiertest"
 	"github.com/iptproxy/iptproxy/pkg/trace"
 )
 

@@ -12,7 +12,7 @@ import (
 	"github.com/iptproxy/iptproxy/pkg/localdetect"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
-	rt "github.com/iptproxy/iptproxy/pkg/rules/rulestest"
+	rt "github.com/iptproxy/iptproxy/pkg/proxier/proxiertest"
 	"github.com/iptproxy/iptproxy/pkg/trace"
 )
 

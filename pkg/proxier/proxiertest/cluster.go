@@ -1,9 +1,9 @@
-// Package rulestest runs Services and EndpointSlices through iptproxy's
+// Package proxiertest runs Services and EndpointSlices through iptproxy's
 // sync path (pkg/proxy's tracker, pkg/rules' renderer, pkg/planner, the
 // jumps from the built-in chains) into the in-memory iptables of
 // pkg/iptables/memory, and traces packets through the result with
 // pkg/trace. Tests assert where packets go, never the rule text.
-package rulestest
+package proxiertest
 
 import (
 	"context"
@@ -107,7 +107,7 @@ func (c *Cluster) Apply(objs ...runtime.Object) {
 		case *discovery.EndpointSlice:
 			c.proxier.OnEndpointSliceUpdate(o, false)
 		default:
-			c.t.Fatalf("rulestest: cannot apply %T", o)
+			c.t.Fatalf("proxiertest: cannot apply %T", o)
 		}
 	}
 }
@@ -122,7 +122,7 @@ func (c *Cluster) Delete(objs ...runtime.Object) {
 		case *discovery.EndpointSlice:
 			c.proxier.OnEndpointSliceUpdate(o, true)
 		default:
-			c.t.Fatalf("rulestest: cannot delete %T", o)
+			c.t.Fatalf("proxiertest: cannot delete %T", o)
 		}
 	}
 }
