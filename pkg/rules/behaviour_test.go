@@ -14,8 +14,8 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
-	"github.com/iptproxy/iptproxy/pkg/rules"
 	rt "github.com/iptproxy/iptproxy/pkg/proxier/proxiertest"
+	"github.com/iptproxy/iptproxy/pkg/rules"
 	"github.com/iptproxy/iptproxy/pkg/trace"
 )
 
