@@ -604,7 +604,11 @@ func (p *Proxier) ensureBase(ctx context.Context, saved map[iptables.Table]*ipta
 // comment and target but another match (a narrowed copy) is not it.
 func jumpPresent(saved *iptables.SavedTable, j jump) bool {
 	c := saved.Chain(j.from)
-	return c != nil && c.Builtin() && slices.Contains(c.Rules, j.rule())
+	if c == nil || !c.Builtin() {
+		return false
+	}
+	want := j.rule().String()
+	return slices.ContainsFunc(c.Rules, func(r iptables.Rule) bool { return r.String() == want })
 }
 
 func (p *Proxier) recordMetrics(rs *rules.Ruleset, plan *planner.Plan, change proxy.Change) {
