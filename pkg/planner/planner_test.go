@@ -269,3 +269,33 @@ func TestDependencyOrder(t *testing.T) {
 		})
 	}
 }
+
+// TestDrifted checks the comparison of a dump with the record: changed,
+// missing and unknown owned chains are reported, foreign and unwatched
+// ones are not.
+func TestDrifted(t *testing.T) {
+	a := NewApplied()
+	p, err := Compute(&rules.Ruleset{NAT: []*rules.Chain{chain("KUBE-SVC-A", "KUBE-SEP-1"), chain("KUBE-SEP-1", "DNAT"), chain("KUBE-SEP-2", "DNAT")}}, a, rules.IsServiceChain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Commit(p, rules.IsServiceChain)
+	const dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-1 - [0:0]\n:KUBE-SEP-9 - [0:0]\n:FOREIGN - [0:0]\n" +
+		"-A PREROUTING -j KUBE-SVC-A\n-A KUBE-SVC-A -j KUBE-SEP-1\n-A KUBE-SEP-1 -j ACCEPT\nCOMMIT\n"
+	saved, err := iptables.ParseSaveTable(iptables.TableNAT, []byte(dump))
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := func(string) bool { return true }
+	if got, want := a.Drifted(saved, all, rules.IsServiceChain), []string{"KUBE-SEP-1", "KUBE-SEP-2", "KUBE-SEP-9"}; !slices.Equal(got, want) {
+		t.Errorf("drifted %q, want %q", got, want)
+	}
+	onlySVC := func(n string) bool { return strings.HasPrefix(n, "KUBE-SVC-") }
+	if got := a.Drifted(saved, onlySVC, func(string) bool { return false }); len(got) != 0 {
+		t.Errorf("drifted %q among unwatched chains", got)
+	}
+	filter, _ := iptables.ParseSaveTable(iptables.TableFilter, nil)
+	if got := a.Drifted(filter, all, rules.IsServiceChain); got != nil {
+		t.Errorf("a table the record does not know drifted: %q", got)
+	}
+}
