@@ -49,29 +49,45 @@ func (r Rule) HasComment() bool { return r.cmtEnd > r.cmt }
 
 // ParseRule reads a rule body as iptables-save prints it (what follows
 // "-A CHAIN"). The text is kept as given: it is canonical when it comes
-// from iptables-save or from this package.
+// from iptables-save or from this package. Reading stops at the target:
+// what follows it are the target's own options.
 func ParseRule(body string) (Rule, error) {
 	if len(body) > maxRuleLen {
 		return Rule{}, fmt.Errorf("rule of %d bytes is too long", len(body))
 	}
 	r := Rule{text: body}
-	var prev string
-	err := scanTokens(body, func(start, end int) {
-		tok := body[start:end]
+	prev := ""
+	for i := 0; i < len(body); {
+		if body[i] == ' ' {
+			i++
+			continue
+		}
+		start := i
+		quoted := false
+		for ; i < len(body) && (quoted || body[i] != ' '); i++ {
+			switch body[i] {
+			case '"':
+				quoted = !quoted
+			case '\\':
+				if quoted {
+					i++
+				}
+			}
+		}
+		if quoted {
+			return Rule{}, fmt.Errorf("rule %q: unterminated quote", body)
+		}
+		end := min(i, len(body))
 		switch prev {
 		case "-j", "-g", "--jump", "--goto":
-			if r.tgtEnd == 0 {
-				r.tgt, r.tgtEnd = uint16(start), uint16(end)
-			}
+			r.tgt, r.tgtEnd = uint16(start), uint16(end)
+			return r, nil
 		case "--comment":
 			if r.cmtEnd == 0 {
 				r.cmt, r.cmtEnd = uint16(start), uint16(end)
 			}
 		}
-		prev = tok
-	})
-	if err != nil {
-		return Rule{}, fmt.Errorf("rule %q: %w", body, err)
+		prev = body[start:end]
 	}
 	return r, nil
 }

@@ -137,6 +137,7 @@ func saveLine(table Table, line string) (item SaveItem, ok bool) {
 func ParseSave(save []byte) (*Saved, error) {
 	s := &Saved{}
 	var cur *SavedTable
+	var c *SavedChain // the last chain seen: a dump lists a chain's rules together
 	err := ReadSave(bytes.NewReader(save), func(it SaveItem) error {
 		if cur == nil || cur.Name != it.Table {
 			cur = s.Table(it.Table)
@@ -144,8 +145,11 @@ func ParseSave(save []byte) (*Saved, error) {
 				cur = &SavedTable{Name: it.Table, index: map[string]*SavedChain{}}
 				s.Tables = append(s.Tables, cur)
 			}
+			c = nil
 		}
-		c := cur.chain(it.Chain)
+		if c == nil || c.Name != it.Chain {
+			c = cur.chain(it.Chain)
+		}
 		if it.IsRule {
 			c.Rules = append(c.Rules, it.Rule)
 		} else if it.Policy != "" {
