@@ -16,7 +16,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -33,6 +32,7 @@ import (
 
 	"github.com/iptproxy/iptproxy/pkg/cli"
 	"github.com/iptproxy/iptproxy/pkg/explain"
+	"github.com/iptproxy/iptproxy/pkg/iptables"
 )
 
 func main() {
@@ -93,35 +93,35 @@ type payload struct {
 	chains map[string][]rule
 }
 
-// parse reads the nat table of a restore payload: "-A CHAIN ..." lines.
-func parse(text string) payload {
+// parse reads the nat table of a restore payload with the daemon's save
+// reader.
+func parse(text string) (payload, error) {
 	p := payload{chains: map[string][]rule{}}
-	table := ""
-	sc := bufio.NewScanner(strings.NewReader(text))
-	for sc.Scan() {
-		l := sc.Text()
-		switch {
-		case strings.HasPrefix(l, "*"):
-			table = l[1:]
-		case table == "nat" && strings.HasPrefix(l, "-A "):
-			chain, rest, _ := strings.Cut(l[3:], " ")
-			r := rule{text: rest, target: word(rest, "-j "), dst: word(rest, "-d ")}
-			if _, after, ok := strings.Cut(rest, `--comment "`); ok {
-				r.cmt, _, _ = strings.Cut(after, `"`)
-			}
-			p.chains[chain] = append(p.chains[chain], r)
+	saved, err := iptables.ParseSave([]byte(text))
+	if err != nil {
+		return p, err
+	}
+	nat := saved.Table(iptables.TableNAT)
+	if nat == nil {
+		return p, fmt.Errorf("the payload holds no nat table")
+	}
+	for _, c := range nat.Chains {
+		for _, r := range c.Rules {
+			p.chains[c.Name] = append(p.chains[c.Name], rule{text: r.String(), target: r.Target(), dst: argAfter(r, "-d"), cmt: r.Comment()})
 		}
 	}
-	return p
+	return p, nil
 }
 
-func word(text, flag string) string {
-	_, after, ok := strings.Cut(text, flag)
-	if !ok {
-		return ""
+// argAfter returns the argument that follows flag in r ("" if none).
+func argAfter(r iptables.Rule, flag string) string {
+	args := r.Args()
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			return args[i+1]
+		}
 	}
-	w, _, _ := strings.Cut(after, " ")
-	return w
+	return ""
 }
 
 func isDispatch(c string) bool { return strings.HasPrefix(c, "KUBE-SVC-DSP-") }
@@ -154,7 +154,10 @@ func run(w io.Writer, n int) error {
 	if err != nil {
 		return err
 	}
-	p := parse(text)
+	p, err := parse(text)
+	if err != nil {
+		return err
+	}
 	flat := p.flatten("KUBE-SERVICES")
 	var svcRules []rule
 	for _, r := range flat {

@@ -48,161 +48,187 @@ const (
 // Run runs iptproxy until ctx ends or a fatal condition (the node's IPs
 // changed, the node was deleted) asks for a restart.
 func Run(ctx context.Context, o *options.Options) error {
-	logger := klog.FromContext(ctx)
-	cfg := o.Config
-	backend, err := chooseBackend(ctx, o.IPTablesBackend)
+	backend, err := iptables.ChooseBackend(ctx, string(o.IPTablesBackend))
 	if err != nil {
 		return err
 	}
 	if o.CleanupAndExit {
 		return Cleanup(ctx)
 	}
-
-	restCfg, err := o.RESTConfig()
+	d, ctx, err := newDaemon(ctx, o, backend)
 	if err != nil {
 		return err
+	}
+	families, err := servedFamilies(ctx, d.primary, func(ctx context.Context, fam v1.IPFamily) error {
+		return iptables.Present(ctx, fam, backend)
+	})
+	if err != nil {
+		return err
+	}
+	for _, fam := range families {
+		f, err := d.buildFamily(ctx, fam)
+		if err != nil {
+			return err
+		}
+		d.families = append(d.families, f)
+	}
+	return d.run(ctx)
+}
+
+// daemon is what the proxiers of every family share: the API client, the
+// node, metrics, health and events.
+type daemon struct {
+	logger   klog.Logger
+	o        *options.Options
+	backend  iptables.Backend
+	client   kubernetes.Interface
+	nodeName string
+	node     *nodeInfo
+	primary  v1.IPFamily
+	nodeIPs  map[v1.IPFamily]netip.Addr
+	// detectors are the local-traffic detectors per family.
+	detectors   map[v1.IPFamily]localdetect.Detector
+	metrics     *metrics.Metrics
+	counters    nfacctCounters
+	health      *healthcheck.ProxyHealth
+	broadcaster events.EventBroadcaster
+	recorder    events.EventRecorder
+	// journal, one for both families, tells iptproxy's own nftables
+	// commits from everyone else's (see iptables.Journal).
+	journal  *iptables.Journal
+	families []*family
+}
+
+// family is one IP family's proxier and the servers it feeds.
+type family struct {
+	rules     rules.Config
+	proxier   *proxier.Proxier
+	svcHealth *healthcheck.ServiceHealthServer
+}
+
+// newDaemon connects to the API server, checks permissions, tunes the
+// node, waits for its Node object and sets up what every family shares.
+// The context it returns carries the logger with the node's name.
+func newDaemon(ctx context.Context, o *options.Options, backend iptables.Backend) (*daemon, context.Context, error) {
+	cfg := o.Config
+	restCfg, err := o.RESTConfig()
+	if err != nil {
+		return nil, ctx, err
 	}
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
-		return fmt.Errorf("creating API client: %w", err)
+		return nil, ctx, fmt.Errorf("creating API client: %w", err)
 	}
 	nodeName, err := o.NodeName()
 	if err != nil {
-		return err
+		return nil, ctx, err
 	}
-	logger = klog.LoggerWithValues(logger, "node", nodeName)
+	logger := klog.LoggerWithValues(klog.FromContext(ctx), "node", nodeName)
 	ctx = klog.NewContext(ctx, logger)
-
 	if err := checkPermissions(ctx, client, nodeName); err != nil {
-		return err
+		return nil, ctx, err
 	}
-
 	adjustOOMScore(logger, cfg.OOMScoreAdj)
 	applyConntrackSysctls(ctx, cfg.Conntrack)
 
 	detectCfg := o.LocalDetectConfig()
 	node, err := waitForNode(ctx, client, nodeName, detectCfg.NeedsPodCIDRs(), nodeIPsTimeout, podCIDRsTimeout)
 	if err != nil {
-		return err
+		return nil, ctx, err
 	}
-	primary, nodeIPs := primaryFamily(logger, node.ips, cfg.BindAddress)
-	logger.Info("Node addresses", "primaryFamily", primary, "nodeIPs", node.ips)
-	detectors := localdetect.Resolve(logger, detectCfg, primary, node.podCIDRs)
-
-	m := metrics.New()
-	counters := setupNFAcct(logger, m)
-	health := healthcheck.NewProxyHealth(healthTimeout(cfg), clock.RealClock{}, m)
+	d := &daemon{logger: logger, o: o, backend: backend, client: client, nodeName: nodeName, node: node,
+		journal: iptables.NewJournal()}
+	d.primary, d.nodeIPs = primaryFamily(logger, node.ips, cfg.BindAddress)
+	logger.Info("Node addresses", "primaryFamily", d.primary, "nodeIPs", node.ips)
+	d.detectors = localdetect.Resolve(logger, detectCfg, d.primary, node.podCIDRs)
+	d.metrics = metrics.New()
+	d.counters = setupNFAcct(logger, d.metrics)
+	d.health = healthcheck.NewProxyHealth(healthTimeout(cfg), clock.RealClock{}, d.metrics)
 	if node.node != nil {
-		health.SyncNode(node.node)
+		d.health.SyncNode(node.node)
 	}
+	d.broadcaster = events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
+	d.recorder = d.broadcaster.NewRecorder(scheme.Scheme, "kube-proxy")
+	return d, ctx, nil
+}
 
-	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
-	recorder := broadcaster.NewRecorder(scheme.Scheme, "kube-proxy")
-
-	var proxiers []*proxier.Proxier
-	rulesConfigs := map[v1.IPFamily]rules.Config{}
-	var svcHealth []*healthcheck.ServiceHealthServer
-	families, err := servedFamilies(ctx, primary, func(ctx context.Context, fam v1.IPFamily) error {
-		return iptables.Present(ctx, fam, backend)
+// buildFamily builds the proxier of one IP family, with its kernel runner,
+// renderer configuration and health-check node port server.
+func (d *daemon) buildFamily(ctx context.Context, fam v1.IPFamily) (*family, error) {
+	logger, cfg := d.logger, d.o.Config
+	ipt, err := iptables.New(fam, d.backend, iptables.WithLogger(logger), iptables.WithJournal(d.journal))
+	if err != nil {
+		return nil, err
+	}
+	detector := d.detectors[fam]
+	rcfg := familyRulesConfig(logger, d.o, NodeFacts{Name: d.nodeName, Node: d.node.node, TCPBeLiberal: conntrackLiberal(cfg)},
+		d.node, fam, d.nodeIPs[fam], detector)
+	// Count in the nfacct objects only where they could be created.
+	rcfg.NFAcctLocalhostNodePorts = d.counters.enabled(rcfg.NFAcctLocalhostNodePorts)
+	rcfg.NFAcctInvalidDropped = d.counters.enabled(rcfg.NFAcctInvalidDropped)
+	if rcfg.LocalhostNodePorts {
+		logger.Info("Setting route_localnet=1 to allow node-ports on localhost; to change this either disable iptables.localhostNodePorts (--iptables-localhost-nodeports) or set nodePortAddresses (--nodeport-addresses) to filter loopback addresses")
+		if err := iptables.EnsureSysctl(ctx, "net/ipv4/conf/all/route_localnet", 1); err != nil {
+			return nil, err
+		}
+	}
+	sh, err := healthcheck.NewServiceHealthServer(logger, healthcheck.ServiceHealthConfig{
+		NodeName:          d.nodeName,
+		Family:            fam,
+		NodePortAddresses: expandPrimary(cfg.NodePortAddresses, d.nodeIPs[fam]),
+		Recorder:          d.recorder,
+		Health:            d.health,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	// One journal for both families: it tells iptproxy's own nftables
-	// commits from everyone else's (see iptables.Journal).
-	journal := iptables.NewJournal()
-	for _, fam := range families {
-		ipt, err := iptables.New(fam, backend, iptables.WithLogger(logger), iptables.WithJournal(journal))
-		if err != nil {
-			return err
-		}
-		detector := detectors[fam]
-		rcfg := familyRulesConfig(logger, o, NodeFacts{Name: nodeName, Node: node.node, TCPBeLiberal: conntrackLiberal(cfg)},
-			node, fam, nodeIPs[fam], detector)
-		// Count in the nfacct objects only where they could be created.
-		rcfg.NFAcctLocalhostNodePorts = counters.enabled(rcfg.NFAcctLocalhostNodePorts)
-		rcfg.NFAcctInvalidDropped = counters.enabled(rcfg.NFAcctInvalidDropped)
-		zone, npAddrs, localhostNP := rcfg.Zone, rcfg.NodePortAddresses, rcfg.LocalhostNodePorts
-		rulesConfigs[fam] = rcfg
-		if localhostNP {
-			logger.Info("Setting route_localnet=1 to allow node-ports on localhost; to change this either disable iptables.localhostNodePorts (--iptables-localhost-nodeports) or set nodePortAddresses (--nodeport-addresses) to filter loopback addresses")
-			if err := iptables.EnsureSysctl(ctx, "net/ipv4/conf/all/route_localnet", 1); err != nil {
-				return err
-			}
-		}
-		sh, err := healthcheck.NewServiceHealthServer(logger, healthcheck.ServiceHealthConfig{
-			NodeName:          nodeName,
-			Family:            fam,
-			NodePortAddresses: expandPrimary(cfg.NodePortAddresses, nodeIPs[fam]),
-			Recorder:          recorder,
-			Health:            health,
-		})
-		if err != nil {
-			return err
-		}
-		svcHealth = append(svcHealth, sh)
-		p := proxier.New(logger, proxier.Options{
-			Rules:         rcfg,
-			SyncPeriod:    cfg.IPTables.SyncPeriod.Duration,
-			MinSyncPeriod: cfg.IPTables.MinSyncPeriod.Duration,
-			IPTables:      ipt,
-			Metrics:       m,
-			Health:        health,
-			ServiceHealth: sh,
-			Conntrack:     conntrack.Netlink{},
-		})
-		p.OnNodeUpdate(zone, familyIPs(node.ips, fam))
-		proxiers = append(proxiers, p)
-		logger.Info("Using iptables proxier", "ipFamily", fam, "backend", backend, "localTraffic", detector.String(),
-			"nodePortAddresses", npAddrs, "localhostNodePorts", localhostNP)
-	}
+	p := proxier.New(logger, proxier.Options{
+		Rules:         rcfg,
+		SyncPeriod:    cfg.IPTables.SyncPeriod.Duration,
+		MinSyncPeriod: cfg.IPTables.MinSyncPeriod.Duration,
+		IPTables:      ipt,
+		Metrics:       d.metrics,
+		Health:        d.health,
+		ServiceHealth: sh,
+		Conntrack:     conntrack.Netlink{},
+	})
+	p.OnNodeUpdate(rcfg.Zone, familyIPs(d.node.ips, fam))
+	logger.Info("Using iptables proxier", "ipFamily", fam, "backend", d.backend, "localTraffic", detector.String(),
+		"nodePortAddresses", rcfg.NodePortAddresses, "localhostNodePorts", rcfg.LocalhostNodePorts)
+	return &family{rules: rcfg, proxier: p, svcHealth: sh}, nil
+}
 
+// proxiers returns every family's proxier.
+func (d *daemon) proxiers() []*proxier.Proxier {
+	out := make([]*proxier.Proxier, len(d.families))
+	for i, f := range d.families {
+		out[i] = f.proxier
+	}
+	return out
+}
+
+// run starts the watches, the proxiers' loops and the servers, and waits
+// for ctx to end or for a fatal error.
+func (d *daemon) run(ctx context.Context) error {
+	proxiers := d.proxiers()
 	handlers := make([]EventHandler, len(proxiers))
 	for i, p := range proxiers {
 		handlers[i] = p
 	}
-	serviceWatch, err := newAPIWatch(logger, client, handlers)
+	serviceWatch, err := newAPIWatch(d.logger, d.client, handlers)
 	if err != nil {
 		return err
 	}
-	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, cfg.ConfigSyncPeriod.Duration,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", nodeName).String()
-		}),
-		informers.WithTransform(trimObject))
 	fatal := make(chan error, 1)
-	watcher := &nodeWatcher{
-		logger:       logger,
-		initial:      node,
-		watchPodCIDR: detectCfg.NeedsPodCIDRs(),
-		health:       health,
-		proxiers:     proxiers,
-		fatal:        fatal,
-	}
-	if _, err := nodeFactory.Core().V1().Nodes().Informer().AddEventHandler(watcher.handlers()); err != nil {
+	nodeFactory, err := d.watchNode(fatal)
+	if err != nil {
 		return err
 	}
-
 	g, ctx := errgroup.WithContext(ctx)
-	broadcaster.StartRecordingToSink(ctx.Done())
-	defer broadcaster.Shutdown()
-
-	healthz := healthcheck.NewHealthzServer(cfg.HealthzBindAddress, health)
-	metricsServer := metrics.NewServer(cfg.MetricsBindAddress, m)
-	metricsServer.SetZPages(zpages(o))
-	servicesDebug := &servicesDebug{logger: logger, proxiers: proxiers, configs: rulesConfigs,
-		client: client}
-	if err := mountDebug(metricsServer, o, proxiers, servicesDebug); err != nil {
+	d.broadcaster.StartRecordingToSink(ctx.Done())
+	defer d.broadcaster.Shutdown()
+	if err := d.startServers(ctx, g); err != nil {
 		return err
-	}
-	if cfg.HealthzBindAddress != "" {
-		g.Go(func() error { return serve(ctx, "healthz", healthz.Run, cfg.BindAddressHardFail) })
-	}
-	if cfg.MetricsBindAddress != "" {
-		g.Go(func() error { return serve(ctx, "metrics", metricsServer.Run, cfg.BindAddressHardFail) })
-	}
-	for _, sh := range svcHealth {
-		g.Go(func() error { return sh.Run(ctx) })
 	}
 	for _, p := range proxiers {
 		g.Go(func() error { p.Run(ctx); return nil })
@@ -229,8 +255,58 @@ func Run(ctx context.Context, o *options.Options) error {
 			return nil
 		}
 	})
-	recorder.Eventf(&v1.ObjectReference{Kind: "Node", Name: nodeName, UID: nodeUID(node)}, nil, v1.EventTypeNormal, "Starting", "StartKubeProxy", "")
+	d.recorder.Eventf(&v1.ObjectReference{Kind: "Node", Name: d.nodeName, UID: nodeUID(d.node)}, nil, v1.EventTypeNormal, "Starting", "StartKubeProxy", "")
 	return g.Wait()
+}
+
+// watchNode returns the informer factory of the node's own object, whose
+// changes go to the proxiers and health; a change that needs a restart is
+// sent to fatal.
+func (d *daemon) watchNode(fatal chan<- error) (informers.SharedInformerFactory, error) {
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(d.client, d.o.Config.ConfigSyncPeriod.Duration,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", d.nodeName).String()
+		}),
+		informers.WithTransform(trimObject))
+	watcher := &nodeWatcher{
+		logger:       d.logger,
+		initial:      d.node,
+		watchPodCIDR: d.o.LocalDetectConfig().NeedsPodCIDRs(),
+		health:       d.health,
+		proxiers:     d.proxiers(),
+		fatal:        fatal,
+	}
+	if _, err := nodeFactory.Core().V1().Nodes().Informer().AddEventHandler(watcher.handlers()); err != nil {
+		return nil, err
+	}
+	return nodeFactory, nil
+}
+
+// startServers starts healthz, metrics (with the debug handlers) and the
+// health-check node port servers in g.
+func (d *daemon) startServers(ctx context.Context, g *errgroup.Group) error {
+	cfg := d.o.Config
+	rulesConfigs := map[v1.IPFamily]rules.Config{}
+	for _, f := range d.families {
+		rulesConfigs[f.rules.Family] = f.rules
+	}
+	healthz := healthcheck.NewHealthzServer(cfg.HealthzBindAddress, d.health)
+	metricsServer := metrics.NewServer(cfg.MetricsBindAddress, d.metrics)
+	metricsServer.SetZPages(zpages(d.o))
+	servicesDebug := &servicesDebug{logger: d.logger, proxiers: d.proxiers(), configs: rulesConfigs, client: d.client}
+	if err := mountDebug(metricsServer, d.o, d.proxiers(), servicesDebug); err != nil {
+		return err
+	}
+	if cfg.HealthzBindAddress != "" {
+		g.Go(func() error { return serve(ctx, "healthz", healthz.Run, cfg.BindAddressHardFail) })
+	}
+	if cfg.MetricsBindAddress != "" {
+		g.Go(func() error { return serve(ctx, "metrics", metricsServer.Run, cfg.BindAddressHardFail) })
+	}
+	for _, f := range d.families {
+		g.Go(func() error { return f.svcHealth.Run(ctx) })
+	}
+	return nil
 }
 
 // serve runs a server; a bind failure is fatal only with
@@ -245,16 +321,6 @@ func serve(ctx context.Context, name string, run func(context.Context) error, ha
 	}
 	klog.FromContext(ctx).Error(err, "Server failed; continuing without it", "server", name)
 	return nil
-}
-
-func chooseBackend(ctx context.Context, b options.IPTablesBackend) (iptables.Backend, error) {
-	switch b {
-	case options.BackendNFT:
-		return iptables.BackendNFT, nil
-	case options.BackendLegacy:
-		return iptables.BackendLegacy, nil
-	}
-	return iptables.DetectBackend(ctx)
 }
 
 func otherFamily(f v1.IPFamily) v1.IPFamily {

@@ -14,8 +14,8 @@ import (
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables/kerneltest"
+	rt "github.com/iptproxy/iptproxy/pkg/proxier/proxiertest"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
-	rt "github.com/iptproxy/iptproxy/pkg/rules/rulestest"
 	"github.com/iptproxy/iptproxy/pkg/trace"
 )
 

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,8 +12,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
-	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
-	"github.com/iptproxy/iptproxy/pkg/planner"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 )
 
@@ -58,77 +55,70 @@ func Cleanup(ctx context.Context) error {
 
 func cleanupOne(ctx context.Context, ipt iptables.Interface) error {
 	logger := klog.FromContext(ctx)
-	var payload bytes.Buffer
+	var tx iptables.Transaction
 	removed := 0
 	for _, table := range []iptables.Table{iptables.TableFilter, iptables.TableNAT, iptables.TableMangle} {
 		save, err := ipt.Save(ctx, table)
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", table, err)
 		}
-		chains := planner.ParseSave(save)
-		doomed := map[string]bool{}
-		for name, body := range chains {
-			if !ownsChain(name) {
-				continue
-			}
-			if name == rules.ChainKubeletFirewall && !onlyAntiMartian(body) {
-				logger.Info("Leaving KUBE-FIREWALL in place: it holds rules of another program", "table", table)
-				continue
-			}
-			doomed[name] = true
+		saved, err := iptables.ParseSaveTable(table, save)
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", table, err)
 		}
+		doomed := doomedChains(logger, saved)
 		if len(doomed) == 0 {
 			continue
 		}
 		// Remove the jumps to our chains from the built-in chains first.
-		for _, line := range strings.Split(string(save), "\n") {
-			if !strings.HasPrefix(line, "-A ") {
-				continue
-			}
-			args, err := ruleset.Tokenize(line)
-			if err != nil || len(args) < 2 {
-				continue
-			}
-			chain, spec := args[1], args[2:]
-			if _, own := chains[chain]; own {
+		for _, c := range saved.Chains {
+			if !c.Builtin() {
 				continue // a user chain; it goes away whole
 			}
-			if i := slices.Index(spec, "-j"); i >= 0 && i+1 < len(spec) && doomed[spec[i+1]] {
-				if err := ipt.DeleteRule(ctx, table, chain, spec...); err != nil {
-					return fmt.Errorf("deleting jump from %s: %w", chain, err)
+			for _, r := range c.Rules {
+				if !r.Goto() && slices.Contains(doomed, r.Target()) {
+					if err := ipt.DeleteRule(ctx, table, c.Name, r.Args()...); err != nil {
+						return fmt.Errorf("deleting jump from %s: %w", c.Name, err)
+					}
 				}
 			}
 		}
-		names := make([]string, 0, len(doomed))
-		for n := range doomed {
-			names = append(names, n)
-		}
-		slices.Sort(names)
-		payload.WriteString("*" + string(table) + "\n")
-		for _, n := range names {
-			payload.WriteString(":" + n + " - [0:0]\n")
-		}
-		for _, n := range names {
-			payload.WriteString("-X " + n + "\n")
-		}
-		payload.WriteString("COMMIT\n")
-		removed += len(names)
+		tx.Rewrite(table, nil, doomed)
+		removed += len(doomed)
 	}
-	if payload.Len() == 0 {
+	if tx.Empty() {
 		return nil
 	}
-	if err := ipt.Restore(ctx, payload.Bytes()); err != nil {
+	if err := ipt.Restore(ctx, tx.Bytes()); err != nil {
 		return fmt.Errorf("deleting chains: %w", err)
 	}
 	logger.Info("Removed iptproxy's chains", "ipFamily", ipt.Family(), "chains", removed)
 	return nil
 }
 
+// doomedChains returns, sorted, the user chains of a table that --cleanup
+// removes.
+func doomedChains(logger klog.Logger, saved *iptables.SavedTable) []string {
+	var doomed []string
+	for _, c := range saved.Chains {
+		if c.Builtin() || !ownsChain(c.Name) {
+			continue
+		}
+		if c.Name == rules.ChainKubeletFirewall && !onlyAntiMartian(c.Rules) {
+			logger.Info("Leaving KUBE-FIREWALL in place: it holds rules of another program", "table", saved.Name)
+			continue
+		}
+		doomed = append(doomed, c.Name)
+	}
+	slices.Sort(doomed)
+	return doomed
+}
+
 // onlyAntiMartian reports whether a KUBE-FIREWALL chain holds nothing but
 // the rule iptproxy writes there.
-func onlyAntiMartian(body []string) bool {
-	for _, r := range body {
-		if !strings.Contains(r, "block incoming localnet connections") {
+func onlyAntiMartian(rules []iptables.Rule) bool {
+	for _, r := range rules {
+		if !strings.Contains(r.Comment(), "block incoming localnet connections") {
 			return false
 		}
 	}

@@ -16,7 +16,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/iptproxy/iptproxy/pkg/explain"
-	iptablestest "github.com/iptproxy/iptproxy/pkg/iptables/testing"
+	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
 	"github.com/iptproxy/iptproxy/pkg/metrics"
 	"github.com/iptproxy/iptproxy/pkg/options"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
@@ -44,7 +44,7 @@ func TestDebugServices(t *testing.T) {
 		},
 	}
 	cfg := rules.Config{Family: v1.IPv4Protocol, NodeName: "node-a", NodeIPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, MasqueradeBit: 14}
-	p := proxier.New(logger, proxier.Options{Rules: cfg, IPTables: iptablestest.NewFake(v1.IPv4Protocol)})
+	p := proxier.New(logger, proxier.Options{Rules: cfg, IPTables: memory.New(v1.IPv4Protocol)})
 	p.OnServiceUpdate(nil, svc)
 	p.OnEndpointSliceUpdate(slice, false)
 	if err := p.Sync(ctx); err != nil {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/iptproxy/iptproxy/pkg/explain"
 	"github.com/iptproxy/iptproxy/pkg/iptables"
+	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
 	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/trace"
@@ -170,7 +172,7 @@ func runDiff(ctx context.Context, env Env, args []string) error {
 			all = append(all, saves[t]...)
 		}
 		d := explain.Diff(m.Desired, saves)
-		kernel, err := ruleset.ParseWith(all, ruleset.Options{Family: rulesetFamily(m.Config.Family)})
+		kernel, err := memory.Parse(all, m.Config.Family)
 		if err != nil {
 			return fmt.Errorf("parsing the kernel's %s rules: %w", m.Config.Family, err)
 		}
@@ -195,19 +197,15 @@ func runDiff(ctx context.Context, env Env, args []string) error {
 	return nil
 }
 
-// chooseBackend is --backend, or the detected backend. Detection logs its
-// reason through env's logger: quiet unless -v.
+// chooseBackend is iptables.ChooseBackend with the command's errors.
+// Detection logs its reason through env's logger: quiet unless -v.
 func chooseBackend(ctx context.Context, env Env, flag string) (iptables.Backend, error) {
-	if flag == "" || flag == "auto" {
-		b, err := iptables.DetectBackend(klog.NewContext(ctx, env.Logger))
-		if err != nil {
-			return "", fmt.Errorf("detecting the iptables backend (give --backend): %w", err)
-		}
-		return b, nil
-	}
-	b, err := iptables.ParseBackend(flag)
-	if err != nil {
+	b, err := iptables.ChooseBackend(klog.NewContext(ctx, env.Logger), flag)
+	switch {
+	case errors.Is(err, iptables.ErrUnknownBackend):
 		return "", usageError{err}
+	case err != nil:
+		return "", fmt.Errorf("detecting the iptables backend (give --backend): %w", err)
 	}
 	return b, nil
 }
@@ -388,7 +386,7 @@ func liveRules(ctx context.Context, env Env, backendFlag string, family v1.IPFam
 		}
 		text = append(text, save...)
 	}
-	rs, err := ruleset.ParseWith(text, ruleset.Options{Family: rulesetFamily(family)})
+	rs, err := memory.Parse(text, family)
 	if err != nil {
 		return nil, trace.Node{}, fmt.Errorf("parsing the kernel's rules: %w", err)
 	}
@@ -405,11 +403,4 @@ func liveRules(ctx context.Context, env Env, backendFlag string, family v1.IPFam
 		}
 	}
 	return rs, node, nil
-}
-
-func rulesetFamily(f v1.IPFamily) ruleset.Family {
-	if f == v1.IPv6Protocol {
-		return ruleset.FamilyIPv6
-	}
-	return ruleset.FamilyIPv4
 }

@@ -23,6 +23,8 @@ type DiffReport struct {
 	// -m comment ... -j KUBE-SERVICES"); the daemon restores them on its
 	// next full sync.
 	MissingJumps []string `json:"missingJumps,omitempty"`
+	// Error says why nothing could be planned.
+	Error string `json:"error,omitempty"`
 }
 
 // TableDiff lists the chains of one table that would change.
@@ -43,7 +45,9 @@ type RuleDiff struct {
 }
 
 // Empty reports whether nothing would change.
-func (d *DiffReport) Empty() bool { return len(d.Tables) == 0 && len(d.MissingJumps) == 0 }
+func (d *DiffReport) Empty() bool {
+	return len(d.Tables) == 0 && len(d.MissingJumps) == 0 && d.Error == ""
+}
 
 // CheckJumps sets MissingJumps: the rules of the built-in chains of base
 // (the tables a daemon sets up, see BaseTables) that kernel lacks.
@@ -66,19 +70,36 @@ func (d *DiffReport) CheckJumps(base, kernel *ruleset.Ruleset) error {
 
 // Diff plans, with the daemon's planner, the change from the tables in
 // saves (iptables-save output per table) to desired, as a full sync would.
+//
+// A dump that cannot be read counts as an empty table; a desired ruleset
+// the planner refuses (one rendered as a change) is reported in Error.
 func Diff(desired *rules.Ruleset, saves map[iptables.Table][]byte) *DiffReport {
 	applied := planner.NewApplied()
+	have := map[iptables.Table]map[string][]string{}
 	for t, save := range saves {
-		applied.Adopt(t, save)
+		saved, err := iptables.ParseSaveTable(t, save)
+		if err != nil {
+			saved, _ = iptables.ParseSaveTable(t, nil)
+		}
+		applied.Adopt(saved)
+		have[t] = map[string][]string{}
+		for _, c := range saved.Chains {
+			if !c.Builtin() {
+				have[t][c.Name] = iptables.Strings(c.Rules)
+			}
+		}
 	}
-	plan := planner.Compute(desired, applied, rules.IsServiceChain)
+	plan, err := planner.Compute(desired, applied, rules.IsServiceChain)
+	if err != nil {
+		return &DiffReport{Error: err.Error()}
+	}
 	d := &DiffReport{Rules: plan.Rules, Payload: string(plan.Payload())}
 	for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
 		td := TableDiff{Table: string(t), Removed: slices.Clone(plan.Deleted[t])}
-		have := planner.ParseSave(saves[t])
+		have := have[t]
 		want := map[string][]string{}
 		for _, c := range desiredChains(desired, t) {
-			want[c.Name] = c.Rules
+			want[c.Name] = iptables.Strings(c.Rules)
 		}
 		for _, c := range plan.Written[t] {
 			if applied.Has(t, c) {

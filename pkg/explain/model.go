@@ -5,7 +5,7 @@
 //
 // It never depends on rule text or chain layout: the rules are produced by
 // the daemon's own code (pkg/proxier with the in-memory iptables of
-// pkg/iptables/testing) and questions are answered by tracing packets
+// the in-memory backend pkg/iptables/memory) and questions are answered by tracing packets
 // through them with pkg/trace.
 package explain
 
@@ -19,8 +19,8 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
 	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
-	iptablestest "github.com/iptproxy/iptproxy/pkg/iptables/testing"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
@@ -59,25 +59,21 @@ func (m *Model) Payload() []byte { return m.Desired.Payload() }
 // through the tracker and the proxier exactly as informer events would, and
 // the proxier writes into an in-memory iptables.
 func Build(ctx context.Context, logger klog.Logger, objs *Objects, cfg rules.Config) (*Model, error) {
-	fake := iptablestest.NewFake(cfg.Family)
+	fake := memory.New(cfg.Family)
 	p := proxier.New(logger, proxier.Options{Rules: cfg, IPTables: fake})
 	p.OnNodeUpdate(cfg.Zone, cfg.NodeIPs)
-	tracker := proxy.NewTracker(logger, cfg.Family, cfg.NodeName)
 	for _, svc := range objs.Services {
-		tracker.OnServiceUpdate(nil, svc)
 		p.OnServiceUpdate(nil, svc)
 	}
 	for _, s := range objs.Slices {
-		tracker.OnEndpointSliceUpdate(s, false)
 		p.OnEndpointSliceUpdate(s, false)
 	}
 	if err := p.Sync(ctx); err != nil {
 		return nil, fmt.Errorf("rendering the %s rules: %w", cfg.Family, err)
 	}
-	state, _ := tracker.Checkout()
 	return &Model{
 		Config:  cfg,
-		State:   state,
+		State:   p.State(),
 		Desired: p.Desired(),
 		Tables:  fake.Ruleset(),
 		Node:    trace.Node{LocalAddrs: cfg.NodeIPs},
@@ -88,8 +84,8 @@ func Build(ctx context.Context, logger klog.Logger, objs *Objects, cfg rules.Con
 // no Service: its jumps from the built-in chains and its empty chains.
 // Restoring a payload of our chains (from render or /debug/rules) on top
 // gives the node's tables.
-func BaseTables(ctx context.Context, logger klog.Logger, cfg rules.Config) (*iptablestest.Fake, error) {
-	fake := iptablestest.NewFake(cfg.Family)
+func BaseTables(ctx context.Context, logger klog.Logger, cfg rules.Config) (*memory.Tables, error) {
+	fake := memory.New(cfg.Family)
 	p := proxier.New(logger, proxier.Options{Rules: cfg, IPTables: fake})
 	if err := p.Sync(ctx); err != nil {
 		return nil, fmt.Errorf("installing the base chains: %w", err)
@@ -102,12 +98,8 @@ func BaseTables(ctx context.Context, logger klog.Logger, cfg rules.Config) (*ipt
 // is taken as is; a payload of our chains only (render, /debug/rules) is
 // restored on top of BaseTables, as the daemon would have it.
 func LoadRules(ctx context.Context, logger klog.Logger, text []byte, cfg rules.Config) (*ruleset.Ruleset, error) {
-	fam := ruleset.FamilyIPv4
-	if cfg.Family == v1.IPv6Protocol {
-		fam = ruleset.FamilyIPv6
-	}
 	text = FamilySection(text, cfg.Family)
-	rs, err := ruleset.ParseWith(text, ruleset.Options{Family: fam})
+	rs, err := memory.Parse(text, cfg.Family)
 	if err != nil {
 		return nil, fmt.Errorf("parsing the rules: %w", err)
 	}

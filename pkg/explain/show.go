@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/iptproxy/iptproxy/pkg/proxy"
+	"github.com/iptproxy/iptproxy/pkg/rules"
 	"github.com/iptproxy/iptproxy/pkg/trace"
 )
 
@@ -130,8 +131,28 @@ func ShowService(models []*Model, nn types.NamespacedName) (*ServiceReport, erro
 
 func showPort(m *Model, sp *proxy.ServicePort, eps []*proxy.Endpoint) (*PortReport, error) {
 	cfg := m.Config
+	pr := portSettings(sp)
+	pr.Family = cfg.Family
+	pr.TopologyMode = proxy.Categorize(eps, sp, cfg.NodeName, cfg.Zone).TopologyMode
+	entries := portEntries(cfg, sp)
+	prob, err := traceEntries(m, sp, pr, entries)
+	if err != nil {
+		return nil, err
+	}
+	pr.Entries = entries
+	pr.Endpoints = endpointUses(eps, prob)
+	ex := proxy.Exclusions(eps, sp, cfg.NodeName, cfg.Zone)
+	proxy.SortExclusions(ex)
+	for _, x := range ex {
+		pr.LeftOut = append(pr.LeftOut, LeftOut{Address: x.Endpoint.String(), Node: x.Endpoint.NodeName(), Scope: x.Scope, Reason: x.Reason})
+	}
+	return pr, nil
+}
+
+// portSettings reports what the Service port is configured with.
+func portSettings(sp *proxy.ServicePort) *PortReport {
 	pr := &PortReport{
-		Family: cfg.Family, Name: sp.Name.Port, Protocol: sp.Protocol, Port: sp.Port,
+		Name: sp.Name.Port, Protocol: sp.Protocol, Port: sp.Port,
 		ClusterIP: sp.ClusterIP, NodePort: sp.NodePort,
 		LoadBalancerIPs: sp.LoadBalancerVIPs, ExternalIPs: sp.ExternalIPs,
 		InternalPolicy: policyName(sp.InternalPolicyLocal), Affinity: string(v1.ServiceAffinityNone),
@@ -145,8 +166,14 @@ func showPort(m *Model, sp *proxy.ServicePort, eps []*proxy.Endpoint) (*PortRepo
 	if sp.SessionAffinityClientIP {
 		pr.Affinity, pr.AffinitySeconds = string(v1.ServiceAffinityClientIP), sp.StickyMaxAgeSeconds
 	}
-	pr.TopologyMode = proxy.Categorize(eps, sp, cfg.NodeName, cfg.Zone).TopologyMode
+	return pr
+}
 
+// portEntries returns the ways into the Service port, each with a typical
+// packet: the cluster IP from the node (or from outside when the node's
+// addresses are unknown), the node port, load-balancer and external IPs
+// from outside (from an allowed source range when there is one).
+func portEntries(cfg rules.Config, sp *proxy.ServicePort) []Entry {
 	proto := protocolName(sp.Protocol)
 	outside := outsideClient4
 	if cfg.Family == v1.IPv6Protocol {
@@ -183,7 +210,13 @@ func showPort(m *Model, sp *proxy.ServicePort, eps []*proxy.Endpoint) (*PortRepo
 	for _, ip := range sp.ExternalIPs {
 		external(EntryExternalIP, ip, sp.Port)
 	}
+	return entries
+}
 
+// traceEntries traces each entry's packet, filling its verdict and targets
+// and the Service's chains in pr; it returns, per destination accepted,
+// its probability through each entry.
+func traceEntries(m *Model, sp *proxy.ServicePort, pr *PortReport, entries []Entry) (map[string][]float64, error) {
 	prob := map[string][]float64{}
 	seenChain := map[string]bool{}
 	for i := range entries {
@@ -208,7 +241,7 @@ func showPort(m *Model, sp *proxy.ServicePort, eps []*proxy.Endpoint) (*PortRepo
 		// an address no Service has) are not this Service's.
 		common := map[string]bool{}
 		base := e.Packet
-		base.Dst = unusedAddr(cfg.Family)
+		base.Dst = unusedAddr(m.Config.Family)
 		if bres, err := trace.Trace(m.Tables, m.Node, base); err == nil {
 			for _, c := range chainsOf(bres) {
 				common[c] = true
@@ -221,31 +254,31 @@ func showPort(m *Model, sp *proxy.ServicePort, eps []*proxy.Endpoint) (*PortRepo
 			}
 		}
 	}
-	pr.Entries = entries
+	return prob, nil
+}
+
+// endpointUses lists the endpoints the traces reached, in the Service's
+// order, then any other destination (which should not happen, but the
+// rules are the truth).
+func endpointUses(eps []*proxy.Endpoint, prob map[string][]float64) []EndpointUse {
+	var out []EndpointUse
 	for _, ep := range eps {
 		p, ok := prob[ep.String()]
 		if !ok {
 			continue
 		}
-		pr.Endpoints = append(pr.Endpoints, EndpointUse{Address: ep.String(), Node: ep.NodeName(), Zone: ep.Zone(), Local: ep.IsLocal, Probability: p})
+		out = append(out, EndpointUse{Address: ep.String(), Node: ep.NodeName(), Zone: ep.Zone(), Local: ep.IsLocal, Probability: p})
 		delete(prob, ep.String())
 	}
-	// Destinations that are no endpoint of the Service (should not happen,
-	// but the rules are the truth).
 	var rest []string
 	for d := range prob {
 		rest = append(rest, d)
 	}
 	slices.Sort(rest)
 	for _, d := range rest {
-		pr.Endpoints = append(pr.Endpoints, EndpointUse{Address: d, Probability: prob[d]})
+		out = append(out, EndpointUse{Address: d, Probability: prob[d]})
 	}
-	ex := proxy.Exclusions(eps, sp, cfg.NodeName, cfg.Zone)
-	proxy.SortExclusions(ex)
-	for _, x := range ex {
-		pr.LeftOut = append(pr.LeftOut, LeftOut{Address: x.Endpoint.String(), Node: x.Endpoint.NodeName(), Scope: x.Scope, Reason: x.Reason})
-	}
-	return pr, nil
+	return out
 }
 
 func policyName(local bool) string {

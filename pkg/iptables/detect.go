@@ -1,7 +1,6 @@
 package iptables
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -48,40 +47,31 @@ func (e *evidence) add(o evidence) {
 // and filter tables.
 func scanEvidence(r io.Reader) (evidence, error) {
 	var ev evidence
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
-	inTable, inMangle := false, false
-	for sc.Scan() {
-		line := sc.Text()
+	err := ReadSave(r, func(it SaveItem) error {
+		switch it.Table {
+		case TableMangle, TableNAT, TableFilter:
+		default:
+			return nil
+		}
 		switch {
-		case strings.HasPrefix(line, "*"):
-			switch Table(line[1:]) {
-			case TableMangle, TableNAT, TableFilter:
-				inTable = true
-			default:
-				inTable = false
-			}
-			inMangle = Table(line[1:]) == TableMangle
-		case !inTable:
-		case strings.HasPrefix(line, ":"):
-			name, _, _ := strings.Cut(line[1:], " ")
-			if ev.hint == "" && (name == hintChain || name == kubeletCanaryChain) {
-				ev.hint = name
-			}
-			if inMangle && name == CanaryChain {
-				ev.canary = true
-			}
-			if strings.HasPrefix(name, "KUBE-") {
+		case it.IsRule:
+			if strings.Contains(it.Chain, "KUBE-") || strings.Contains(it.Rule.String(), "KUBE-") {
 				ev.kubeLines++
 			}
-		case strings.HasPrefix(line, "-A ") && strings.Contains(line, "KUBE-"):
-			ev.kubeLines++
+		default:
+			if ev.hint == "" && (it.Chain == hintChain || it.Chain == kubeletCanaryChain) {
+				ev.hint = it.Chain
+			}
+			if it.Table == TableMangle && it.Chain == CanaryChain {
+				ev.canary = true
+			}
+			if strings.HasPrefix(it.Chain, "KUBE-") {
+				ev.kubeLines++
+			}
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return ev, fmt.Errorf("reading iptables-save output: %w", err)
-	}
-	return ev, nil
+		return nil
+	})
+	return ev, err
 }
 
 // saveEvidence runs "save args..." and scans its output.

@@ -1,7 +1,13 @@
-// Package iptables is iptproxy's kernel boundary: it applies restore payloads
-// with iptables-restore, reads tables back with iptables-save, and manages the
-// few rules that live in the built-in chains (jumps such as
-// PREROUTING -> KUBE-SERVICES) with github.com/coreos/go-iptables.
+// Package iptables is iptproxy's kernel boundary and the one owner of rule
+// text: it applies restore payloads with iptables-restore, reads tables back
+// with iptables-save, and manages the few rules that live in the built-in
+// chains (jumps such as PREROUTING -> KUBE-SERVICES) with
+// github.com/coreos/go-iptables.
+//
+// Rules are typed (Rule, Chain, RuleBuilder) with one canonical String, the
+// body iptables-save prints. ReadSave and ParseSave are the one reader of
+// iptables-save output; Transaction is the one writer of iptables-restore
+// input. No other package writes or parses that text.
 //
 // Everything above this package is pure; only this package (and the
 // conntrack package) touch the machine's netfilter state.
@@ -32,9 +38,10 @@ const (
 	ChainPostrouting = "POSTROUTING"
 )
 
-// Interface is the kernel boundary for one IP family. The real
-// implementation runs iptables(-nft|-legacy)-{restore,save}; the fake in
-// pkg/iptables/testing keeps the tables in memory.
+// Interface is the kernel boundary for one IP family, in the spirit of
+// sigs.k8s.io/knftables: payloads are built with Transaction, dumps read
+// with ParseSave. Runner runs iptables(-nft|-legacy)-{restore,save};
+// pkg/iptables/memory keeps the tables in memory.
 type Interface interface {
 	// Family is the IP family this instance programs (IPv4 uses iptables,
 	// IPv6 ip6tables).

@@ -25,14 +25,26 @@ const (
 	BackendLegacy Backend = "legacy"
 )
 
+// ErrUnknownBackend is wrapped by the errors of ParseBackend.
+var ErrUnknownBackend = errors.New("unknown iptables backend")
+
 // ParseBackend turns a flag value ("nft" or "legacy") into a Backend.
 func ParseBackend(s string) (Backend, error) {
 	switch b := Backend(strings.ToLower(strings.TrimSpace(s))); b {
 	case BackendNFT, BackendLegacy:
 		return b, nil
 	default:
-		return "", fmt.Errorf("unknown iptables backend %q (want %q or %q)", s, BackendNFT, BackendLegacy)
+		return "", fmt.Errorf("%w %q (want %q or %q)", ErrUnknownBackend, s, BackendNFT, BackendLegacy)
 	}
+}
+
+// ChooseBackend returns the backend a flag names: "nft" or "legacy", or,
+// for "" and "auto", the one DetectBackend picks.
+func ChooseBackend(ctx context.Context, name string, opts ...Option) (Backend, error) {
+	if n := strings.ToLower(strings.TrimSpace(name)); n == "" || n == "auto" {
+		return DetectBackend(ctx, opts...)
+	}
+	return ParseBackend(name)
 }
 
 // ErrToolNotFound is wrapped by errors reporting that an iptables binary

@@ -8,12 +8,10 @@
 package planner
 
 import (
-	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
-	"hash/fnv"
 	"slices"
-	"strings"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
 	"github.com/iptproxy/iptproxy/pkg/rules"
@@ -74,95 +72,63 @@ func (a *Applied) Forget(table iptables.Table) {
 	delete(a.basis, table)
 }
 
-// hashRules hashes a chain's rule bodies.
-func hashRules(rules []string) uint64 {
-	h := fnv.New64a()
+// hashRules hashes a chain's rules' canonical texts (FNV-1a 64, a newline
+// after each rule).
+func hashRules(rules []iptables.Rule) uint64 {
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
 	for _, r := range rules {
-		h.Write([]byte(r))
-		h.Write([]byte{'\n'})
+		s := r.String()
+		for i := 0; i < len(s); i++ {
+			h ^= uint64(s[i])
+			h *= prime
+		}
+		h ^= '\n'
+		h *= prime
 	}
-	return h.Sum64()
+	return h
 }
 
-// Adopt replaces the record for table with what an iptables-save dump of
-// it holds. Built-in chains are ignored.
-func (a *Applied) Adopt(table iptables.Table, save []byte) {
-	chains := ParseSave(save)
-	m := make(map[string]appliedChain, len(chains))
-	for name, body := range chains {
-		m[name] = hashRules(body)
+// Adopt replaces the record for a table with what an iptables-save dump
+// of it holds. Built-in chains are ignored.
+func (a *Applied) Adopt(saved *iptables.SavedTable) {
+	m := make(map[string]appliedChain, len(saved.Chains))
+	for _, c := range saved.Chains {
+		if !c.Builtin() {
+			m[c.Name] = hashRules(c.Rules)
+		}
 	}
-	a.tables[table] = m
-	delete(a.basis, table)
+	a.tables[saved.Name] = m
+	delete(a.basis, saved.Name)
 }
 
-// Drifted compares an iptables-save dump of table with the record and
-// returns, sorted, the chains that differ: every recorded chain that
-// watched selects and the dump lacks or holds with other rules, and every
-// chain that owned selects and the dump holds but the record does not.
-// A table the record knows nothing about has no drift to report.
-func (a *Applied) Drifted(table iptables.Table, save []byte, watched, owned func(string) bool) []string {
-	have, ok := a.tables[table]
+// Drifted compares a dump of a table with the record and returns, sorted,
+// the chains that differ: every recorded chain that watched selects and
+// the dump lacks or holds with other rules, and every chain that owned
+// selects and the dump holds but the record does not. A table the record
+// knows nothing about has no drift to report.
+func (a *Applied) Drifted(saved *iptables.SavedTable, watched, owned func(string) bool) []string {
+	have, ok := a.tables[saved.Name]
 	if !ok {
 		return nil
 	}
-	kernel := ParseSave(save)
 	var drifted []string
 	for name, h := range have {
 		if !watched(name) {
 			continue
 		}
-		body, ok := kernel[name]
-		if !ok || hashRules(body) != h {
+		c := saved.Chain(name)
+		if c == nil || c.Builtin() || hashRules(c.Rules) != h {
 			drifted = append(drifted, name)
 		}
 	}
-	for name := range kernel {
-		if _, ok := have[name]; !ok && owned(name) {
-			drifted = append(drifted, name)
+	for _, c := range saved.Chains {
+		if _, ok := have[c.Name]; !ok && !c.Builtin() && owned(c.Name) {
+			drifted = append(drifted, c.Name)
 		}
 	}
 	slices.Sort(drifted)
 	return drifted
-}
-
-// ParseSave groups an iptables-save dump of one table into the rule bodies
-// of each user-defined chain (built-in chains, which have a policy, are left
-// out).
-func ParseSave(save []byte) map[string][]string {
-	chains := map[string][]string{}
-	sc := bufio.NewScanner(bytes.NewReader(save))
-	sc.Buffer(make([]byte, 0, 64*1024), 16*1024*1024)
-	builtin := map[string]bool{}
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, ":"):
-			f := strings.Fields(line[1:])
-			if len(f) == 0 {
-				continue
-			}
-			if len(f) > 1 && f[1] != "-" {
-				builtin[f[0]] = true
-				continue
-			}
-			if _, ok := chains[f[0]]; !ok {
-				chains[f[0]] = nil
-			}
-		case strings.HasPrefix(line, "-A "):
-			rest := line[3:]
-			i := strings.IndexByte(rest, ' ')
-			name, body := rest, ""
-			if i >= 0 {
-				name, body = rest[:i], rest[i+1:]
-			}
-			if builtin[name] {
-				continue
-			}
-			chains[name] = append(chains[name], body)
-		}
-	}
-	return chains
 }
 
 // DefaultMaxLines is the size, in restore lines, above which a plan is
@@ -229,22 +195,29 @@ func (p *Plan) Size() int {
 // Compute plans the change from the record to desired, splitting it into
 // transactions of about DefaultMaxLines lines. owned says which chains
 // iptproxy may delete when it no longer wants them.
-func Compute(desired *rules.Ruleset, applied *Applied, owned func(string) bool) *Plan {
+func Compute(desired *rules.Ruleset, applied *Applied, owned func(string) bool) (*Plan, error) {
 	return ComputeChunked(desired, applied, owned, DefaultMaxLines)
 }
 
 // tablePlan is what a plan writes in one table.
 type tablePlan struct {
 	name    iptables.Table
-	written []*rules.Chain
+	written []*iptables.Chain
 	deleted []string
 	lines   int
 }
 
+// ErrNotFollowing is returned for a ruleset rendered as a change (a
+// rules.Delta) from a render whose plan is not what the record last
+// committed: planned as a whole ruleset, it would delete every chain it
+// leaves out.
+var ErrNotFollowing = errors.New("the ruleset is a change from a render the record does not follow")
+
 // ComputeChunked is Compute with transactions of at most maxLines lines
 // (a chain longer than that gets a transaction of its own); maxLines <= 0
-// means one transaction, however large.
-func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string) bool, maxLines int) *Plan {
+// means one transaction, however large. A ruleset with a Delta the record
+// does not follow is an error wrapping ErrNotFollowing.
+func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string) bool, maxLines int) (*Plan, error) {
 	p := &Plan{
 		Written:    map[iptables.Table][]string{},
 		Deleted:    map[iptables.Table][]string{},
@@ -255,11 +228,8 @@ func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string)
 	d := desired.Delta
 	p.Incremental = d != nil
 	if d != nil && !applied.Follows(d.Since) {
-		// A delta holds only what changed since a render whose plan
-		// was not the last committed: planning it as a whole ruleset
-		// would delete every chain it leaves out.
-		panic(fmt.Sprintf("planner: a ruleset rendered as a change from render %d, but the record follows render %d/%d",
-			d.Since, applied.basis[iptables.TableFilter], applied.basis[iptables.TableNAT]))
+		return nil, fmt.Errorf("planning render %d, a change from render %d, with a record that follows render %d/%d: %w",
+			desired.Generation, d.Since, applied.basis[iptables.TableFilter], applied.basis[iptables.TableNAT], ErrNotFollowing)
 	}
 	var tables []*tablePlan
 	total := 0
@@ -293,24 +263,24 @@ func ComputeChunked(desired *rules.Ruleset, applied *Applied, owned func(string)
 		total += tp.lines
 	}
 	if len(tables) == 0 {
-		return p
+		return p, nil
 	}
 	if maxLines <= 0 || total <= maxLines {
-		var buf bytes.Buffer
+		var tx iptables.Transaction
 		for _, tp := range tables {
-			writeTable(&buf, tp.name, tp.written, tp.deleted)
+			tx.Rewrite(tp.name, tp.written, tp.deleted)
 		}
-		p.Transactions = [][]byte{buf.Bytes()}
+		p.Transactions = [][]byte{tx.Bytes()}
 	} else {
 		p.Transactions = chunk(tables, maxLines)
 	}
-	return p
+	return p, nil
 }
 
 // compare records c's hash in tc and queues c for writing when force is
 // set or the record does not hold that hash already; it reports whether
 // the record has c.
-func (tp *tablePlan) compare(c *rules.Chain, have map[string]appliedChain, tc *tableCommit, force bool) (recorded bool) {
+func (tp *tablePlan) compare(c *iptables.Chain, have map[string]appliedChain, tc *tableCommit, force bool) (recorded bool) {
 	h := hashRules(c.Rules)
 	old, ok := have[c.Name]
 	tc.set[c.Name] = h
@@ -329,7 +299,7 @@ func (tp *tablePlan) deleteAll(chains []string) {
 }
 
 // planTable compares every desired chain of a table with the record.
-func planTable(name iptables.Table, chains []*rules.Chain, have map[string]appliedChain, tc *tableCommit, owned func(string) bool) *tablePlan {
+func planTable(name iptables.Table, chains []*iptables.Chain, have map[string]appliedChain, tc *tableCommit, owned func(string) bool) *tablePlan {
 	tp := &tablePlan{name: name}
 	matchedOwned := 0
 	for _, c := range chains {
@@ -371,10 +341,10 @@ func planTable(name iptables.Table, chains []*rules.Chain, have map[string]appli
 // changes. A rebuilt dispatch subtree is written only where it differs (it
 // holds many chains a change leaves as they were; the drift checks watch
 // them).
-func planDelta(name iptables.Table, fresh []*rules.Chain, gone []string, have map[string]appliedChain, tc *tableCommit, owned func(string) bool, force bool) *tablePlan {
+func planDelta(name iptables.Table, fresh []*iptables.Chain, gone []string, have map[string]appliedChain, tc *tableCommit, owned func(string) bool, force bool) *tablePlan {
 	tp := &tablePlan{name: name}
 	for _, c := range fresh {
-		tp.compare(c, have, tc, force && !strings.HasPrefix(c.Name, rules.PrefixDispatch))
+		tp.compare(c, have, tc, force && !rules.IsDispatchChain(c.Name))
 	}
 	var deleted []string
 	for _, n := range gone {
@@ -386,27 +356,6 @@ func planDelta(name iptables.Table, fresh []*rules.Chain, gone []string, have ma
 	}
 	tp.deleteAll(deleted)
 	return tp
-}
-
-// writeTable writes one table's section of a restore payload: the
-// declarations (which flush existing chains), the rules, the deletions.
-func writeTable(buf *bytes.Buffer, table iptables.Table, written []*rules.Chain, deleted []string) {
-	buf.WriteString("*" + string(table) + "\n")
-	for _, c := range written {
-		buf.WriteString(":" + c.Name + " - [0:0]\n")
-	}
-	for _, name := range deleted {
-		buf.WriteString(":" + name + " - [0:0]\n")
-	}
-	for _, c := range written {
-		for _, r := range c.Rules {
-			buf.WriteString("-A " + c.Name + " " + r + "\n")
-		}
-	}
-	for _, name := range deleted {
-		buf.WriteString("-X " + name + "\n")
-	}
-	buf.WriteString("COMMIT\n")
 }
 
 // chunk splits a large plan into transactions: each table's written chains
@@ -423,44 +372,45 @@ func chunk(tables []*tablePlan, maxLines int) [][]byte {
 				lines += 1 + len(ordered[j].Rules)
 				j++
 			}
-			var buf bytes.Buffer
-			writeTable(&buf, tp.name, ordered[i:j], nil)
-			out = append(out, buf.Bytes())
+			var tx iptables.Transaction
+			tx.Rewrite(tp.name, ordered[i:j], nil)
+			out = append(out, tx.Bytes())
 			i = j
 		}
 	}
-	var buf bytes.Buffer
+	var tx iptables.Transaction
 	for _, tp := range tables {
 		if len(tp.deleted) > 0 {
-			writeTable(&buf, tp.name, nil, tp.deleted)
+			tx.Rewrite(tp.name, nil, tp.deleted)
 		}
 	}
-	if buf.Len() > 0 {
-		out = append(out, buf.Bytes())
+	if !tx.Empty() {
+		out = append(out, tx.Bytes())
 	}
 	return out
 }
 
 // dependencyOrder orders chains so that each comes after the chains of the
-// list it jumps to, depth first from each chain in the given order: a
-// Service's endpoint chains come right before its Service chain, which
-// comes right before the dispatch chains that lead to it. Transactions cut
-// from that order write most jumps to chains of the same transaction,
-// which iptables-nft-restore resolves cheaply; a jump to a chain written
-// by an earlier transaction costs it a search that grows with the size of
-// the transaction. At 10,000 Services x 10 endpoints a cold sync cut in
-// 8,000-line transactions took 32.9 s of restore CPU ordered by chain kind
-// (every endpoint chain, then every Service chain, ...) and 18.8 s in this
-// order; in 4,000-line transactions 13.7 s (docs/benchmarks.md).
-func dependencyOrder(chains []*rules.Chain) []*rules.Chain {
-	byName := make(map[string]*rules.Chain, len(chains))
+// list it jumps or goes to (by their rules' typed targets), depth first
+// from each chain in the given order: a Service's endpoint chains come
+// right before its Service chain, which comes right before the dispatch
+// chains that lead to it. Transactions cut from that order write most
+// jumps to chains of the same transaction, which iptables-nft-restore
+// resolves cheaply; a jump to a chain written by an earlier transaction
+// costs it a search that grows with the size of the transaction. At 10,000
+// Services x 10 endpoints a cold sync cut in 8,000-line transactions took
+// 32.9 s of restore CPU ordered by chain kind (every endpoint chain, then
+// every Service chain, ...) and 18.8 s in this order; in 4,000-line
+// transactions 13.7 s (docs/benchmarks.md).
+func dependencyOrder(chains []*iptables.Chain) []*iptables.Chain {
+	byName := make(map[string]*iptables.Chain, len(chains))
 	for _, c := range chains {
 		byName[c.Name] = c
 	}
 	done := make(map[string]bool, len(chains))
-	out := make([]*rules.Chain, 0, len(chains))
-	var visit func(c *rules.Chain)
-	visit = func(c *rules.Chain) {
+	out := make([]*iptables.Chain, 0, len(chains))
+	var visit func(c *iptables.Chain)
+	visit = func(c *iptables.Chain) {
 		if done[c.Name] {
 			return
 		}
@@ -468,7 +418,7 @@ func dependencyOrder(chains []*rules.Chain) []*rules.Chain {
 		// in the input must not recurse forever.
 		done[c.Name] = true
 		for _, r := range c.Rules {
-			if t, ok := byName[jumpTarget(r)]; ok {
+			if t, ok := byName[r.Target()]; ok {
 				visit(t)
 			}
 		}
@@ -478,23 +428,6 @@ func dependencyOrder(chains []*rules.Chain) []*rules.Chain {
 		visit(c)
 	}
 	return out
-}
-
-// jumpTarget returns the chain or target a rule body jumps (-j) or goes
-// (-g) to, or "".
-func jumpTarget(body string) string {
-	i := max(strings.LastIndex(body, " -j "), strings.LastIndex(body, " -g "))
-	if i < 0 {
-		if !strings.HasPrefix(body, "-j ") && !strings.HasPrefix(body, "-g ") {
-			return ""
-		}
-		i = -1
-	}
-	target := body[i+4:]
-	if j := strings.IndexByte(target, ' '); j >= 0 {
-		target = target[:j]
-	}
-	return target
 }
 
 // Commit records that the plan was applied successfully: the chains it

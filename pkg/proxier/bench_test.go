@@ -56,7 +56,7 @@ func BenchmarkColdRender10kx10(b *testing.B) {
 	for b.Loop() {
 		r := rules.NewRenderer(cfg)
 		rs = r.Render(st, nil)
-		plan = planner.Compute(rs, planner.NewApplied(), rules.IsServiceChain)
+		plan, _ = planner.Compute(rs, planner.NewApplied(), rules.IsServiceChain)
 	}
 	b.StopTimer()
 	chains, lines := countRules(rs)
@@ -73,7 +73,8 @@ func BenchmarkColdRender10kx10(b *testing.B) {
 	runtime.GC()
 	runtime.ReadMemStats(&ms0)
 	rs = r.Render(st, nil)
-	applied.Commit(planner.Compute(rs, applied, rules.IsServiceChain), rules.IsServiceChain)
+	plan, _ = planner.Compute(rs, applied, rules.IsServiceChain)
+	applied.Commit(plan, rules.IsServiceChain)
 	runtime.GC()
 	runtime.ReadMemStats(&ms1)
 	b.ReportMetric(float64(ms1.HeapAlloc-ms0.HeapAlloc)/1e6, "retained-MB")
@@ -89,7 +90,8 @@ func BenchmarkOneEndpointChange10kx10(b *testing.B) {
 	tr, st := benchState(b, c)
 	r := rules.NewRenderer(rules.Config{Family: c.family, NodeName: "node-a", MasqueradeBit: 14})
 	applied := planner.NewApplied()
-	applied.Commit(planner.Compute(r.Render(st, nil), applied, rules.IsServiceChain), rules.IsServiceChain)
+	first, _ := planner.Compute(r.Render(st, nil), applied, rules.IsServiceChain)
+	applied.Commit(first, rules.IsServiceChain)
 	spn := st.ServicePortNames(s2nn("ns", "svc-7"))[0]
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -100,7 +102,7 @@ func BenchmarkOneEndpointChange10kx10(b *testing.B) {
 		tr.OnEndpointSliceUpdate(s, false)
 		st, _ = tr.Checkout()
 		rs := r.Render(st, map[proxy.ServicePortName]bool{spn: true})
-		plan = planner.Compute(rs, applied, rules.IsServiceChain)
+		plan, _ = planner.Compute(rs, applied, rules.IsServiceChain)
 		applied.Commit(plan, rules.IsServiceChain)
 	}
 	b.ReportMetric(float64(plan.WrittenCount()), "chains-written")

@@ -11,7 +11,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
-	"github.com/iptproxy/iptproxy/pkg/planner"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 	"github.com/iptproxy/iptproxy/pkg/trace"
 )
@@ -31,14 +30,14 @@ func kernelMatchesDesired(t *testing.T, p *Proxier, ipt iptables.Interface) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := planner.ParseSave(save)
+		got := userChains(save)
 		for _, c := range tbl.chains {
 			if _, ok := got[c.Name]; !ok {
 				t.Errorf("%s %s: missing", tbl.name, c.Name)
 				bad++
-			} else if strings.Join(got[c.Name], "\n") != strings.Join(c.Rules, "\n") {
+			} else if strings.Join(got[c.Name], "\n") != strings.Join(iptables.Strings(c.Rules), "\n") {
 				t.Errorf("%s %s: kernel holds\n%s\nrendered\n%s", tbl.name, c.Name,
-					strings.Join(got[c.Name], "\n"), strings.Join(c.Rules, "\n"))
+					strings.Join(got[c.Name], "\n"), strings.Join(iptables.Strings(c.Rules), "\n"))
 				bad++
 			}
 			if bad > 5 {
@@ -132,4 +131,36 @@ func TestChunkedSync(t *testing.T) {
 			}
 		})
 	}
+}
+
+// userChains returns the rules of the user-defined chains of an
+// iptables-save dump, as text.
+func userChains(save []byte) map[string][]string {
+	s, err := iptables.ParseSave(save)
+	if err != nil {
+		panic(err)
+	}
+	out := map[string][]string{}
+	for _, t := range s.Tables {
+		for _, c := range t.Chains {
+			if !c.Builtin() {
+				out[c.Name] = iptables.Strings(c.Rules)
+			}
+		}
+	}
+	return out
+}
+
+// parseSaves reads iptables-save dumps per table.
+func parseSaves(t testing.TB, saves map[iptables.Table][]byte) map[iptables.Table]*iptables.SavedTable {
+	t.Helper()
+	out := map[iptables.Table]*iptables.SavedTable{}
+	for tbl, save := range saves {
+		st, err := iptables.ParseSaveTable(tbl, save)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[tbl] = st
+	}
+	return out
 }

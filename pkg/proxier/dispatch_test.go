@@ -15,7 +15,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
-	iptablestest "github.com/iptproxy/iptproxy/pkg/iptables/testing"
+	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 	"github.com/iptproxy/iptproxy/pkg/trace"
@@ -127,8 +127,8 @@ func (c scaleCluster) slice(i int) *discovery.EndpointSlice {
 
 // fakeProxier returns a proxier on a fake iptables loaded with the
 // cluster, not yet synced.
-func (c scaleCluster) fakeProxier(t testing.TB) (*Proxier, *iptablestest.Fake) {
-	ipt := iptablestest.NewFake(c.family)
+func (c scaleCluster) fakeProxier(t testing.TB) (*Proxier, *memory.Tables) {
+	ipt := memory.New(c.family)
 	return c.proxier(t, ipt), ipt
 }
 

@@ -2,7 +2,6 @@ package proxier
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
@@ -82,34 +81,30 @@ func (p *Proxier) checkDrift(ctx context.Context) {
 // per table, the chains that differ from the record (see
 // planner.Applied.Drifted) and the base jumps that are missing, as
 // "CHAIN -> TARGET".
-func (p *Proxier) compareKernel(ctx context.Context) (map[iptables.Table][]byte, map[iptables.Table][]string, error) {
-	saves := map[iptables.Table][]byte{}
+func (p *Proxier) compareKernel(ctx context.Context) (map[iptables.Table]*iptables.SavedTable, map[iptables.Table][]string, error) {
+	saved := map[iptables.Table]*iptables.SavedTable{}
 	for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
-		save, err := p.opts.IPTables.Save(ctx, t)
+		st, err := readTable(ctx, p.opts.IPTables, t)
 		if err != nil {
-			return nil, nil, fmt.Errorf("reading the %s table: %w", t, err)
+			return nil, nil, err
 		}
-		saves[t] = save
+		saved[t] = st
 	}
 	watched := func(name string) bool { return rules.IsServiceChain(name) || rules.IsRootChain(name) }
 	drifted := map[iptables.Table][]string{}
 	p.syncMu.Lock()
-	for t, save := range saves {
-		if names := p.applied.Drifted(t, save, watched, rules.IsServiceChain); len(names) > 0 {
+	for t, st := range saved {
+		if names := p.planner.Applied().Drifted(st, watched, rules.IsServiceChain); len(names) > 0 {
 			drifted[t] = names
 		}
 	}
 	p.syncMu.Unlock()
-	base := map[iptables.Table][]string{}
-	for t, save := range saves {
-		base[t] = baseRules(save)
-	}
 	for _, j := range append(jumps(), kubeletJumps()...) {
-		if !jumpPresent(base[j.table], j) {
+		if !jumpPresent(saved[j.table], j) {
 			drifted[j.table] = append(drifted[j.table], j.from+" -> "+j.to)
 		}
 	}
-	return saves, drifted, nil
+	return saved, drifted, nil
 }
 
 // syncPeriod is the configured sync period, or kube-proxy's default.

@@ -16,7 +16,7 @@ import (
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
 	"github.com/iptproxy/iptproxy/pkg/iptables/kerneltest"
-	ipttesting "github.com/iptproxy/iptproxy/pkg/iptables/testing"
+	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 	"github.com/iptproxy/iptproxy/pkg/trace"
@@ -354,7 +354,7 @@ func TestHostileCorpus(t *testing.T) {
 				nodeIP, goodIP, goodEP, client = hostileNodeIPv6, "fd00:30::10", "fd00:1::1", "2001:db8:1::7"
 			}
 			logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.BufferLogs(true)))
-			fake := ipttesting.NewFake(fam)
+			fake := memory.New(fam)
 			p := proxier.New(logger, proxier.Options{
 				Rules: rules.Config{
 					Family:        fam,

@@ -12,8 +12,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
-	iptablestest "github.com/iptproxy/iptproxy/pkg/iptables/testing"
-	"github.com/iptproxy/iptproxy/pkg/planner"
+	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
 )
 
 // TestIncrementalSyncsMatchScratch applies rounds of random changes
@@ -116,7 +115,7 @@ func mutate(c scaleCluster, rng *rand.Rand, p *Proxier, services map[int]*v1.Ser
 func scratchTables(t *testing.T, c scaleCluster, services map[int]*v1.Service, eps map[int]*discovery.EndpointSlice) map[iptables.Table]map[string][]string {
 	t.Helper()
 	fresh := scaleCluster{family: c.family}
-	ipt := iptablestest.NewFake(c.family)
+	ipt := memory.New(c.family)
 	p := fresh.proxier(t, ipt)
 	for _, i := range slices.Sorted(maps.Keys(services)) {
 		p.OnServiceUpdate(nil, services[i])
@@ -134,13 +133,13 @@ func scratchTables(t *testing.T, c scaleCluster, services map[int]*v1.Service, e
 }
 
 // tableChains returns a fake table's user chains and their rules.
-func tableChains(t *testing.T, ipt *iptablestest.Fake, table iptables.Table) map[string][]string {
+func tableChains(t *testing.T, ipt *memory.Tables, table iptables.Table) map[string][]string {
 	t.Helper()
 	save, err := ipt.Save(context.Background(), table)
 	if err != nil {
 		t.Fatalf("save %s: %v", table, err)
 	}
-	return planner.ParseSave(save)
+	return userChains(save)
 }
 
 // chainDiff describes how two tables differ, briefly.

@@ -1,8 +1,6 @@
 package proxier
 
 import (
-	"strings"
-
 	"github.com/iptproxy/iptproxy/pkg/iptables"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 )
@@ -25,14 +23,14 @@ func (j jump) args() []string {
 	return append(a, "-j", j.to)
 }
 
-// line returns the rule as iptables-save prints it ("-A FROM ... -j TO"),
-// to find the exact rule in a dump.
-func (j jump) line() string {
-	parts := append([]string{"-A", j.from}, j.extra...)
+// rule returns the rule as iptables-save prints it, to find the exact
+// rule in a dump.
+func (j jump) rule() iptables.Rule {
+	b := (&iptables.RuleBuilder{}).Match(j.extra...)
 	if j.comment != "" {
-		parts = append(parts, "-m", "comment", "--comment", rules.Quote(j.comment))
+		b.Comment(j.comment)
 	}
-	return strings.Join(append(parts, "-j", j.to), " ")
+	return b.Jump(j.to).Rule()
 }
 
 var ctNew = []string{"-m", "conntrack", "--ctstate", "NEW"}

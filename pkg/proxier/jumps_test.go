@@ -20,24 +20,25 @@ func TestJumpPresent(t *testing.T) {
 	if err := p.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	base := map[iptables.Table][]string{}
+	base := map[iptables.Table]*iptables.SavedTable{}
 	for _, tbl := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
 		save, err := ipt.Save(ctx, tbl)
 		if err != nil {
 			t.Fatal(err)
 		}
-		base[tbl] = baseRules(save)
+		base[tbl], _ = iptables.ParseSaveTable(tbl, save)
 	}
 	for _, j := range jumps() {
 		if !jumpPresent(base[j.table], j) {
-			t.Errorf("jump %s -> %s in %s not recognised in %q", j.from, j.to, j.table, base[j.table])
+			t.Errorf("jump %s -> %s in %s not recognised in %v", j.from, j.to, j.table, base[j.table])
 		}
 	}
 	if err := ipt.DeleteRule(ctx, iptables.TableNAT, iptables.ChainPrerouting, jumps()[10].args()...); err != nil {
 		t.Fatal(err)
 	}
 	save, _ := ipt.Save(ctx, iptables.TableNAT)
-	if j := jumps()[10]; jumpPresent(baseRules(save), j) {
+	nat, _ := iptables.ParseSaveTable(iptables.TableNAT, save)
+	if j := jumps()[10]; jumpPresent(nat, j) {
 		t.Errorf("deleted jump %s -> %s still recognised", j.from, j.to)
 	}
 }

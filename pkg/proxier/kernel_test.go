@@ -12,7 +12,6 @@ import (
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
 	"github.com/iptproxy/iptproxy/pkg/iptables/kerneltest"
-	"github.com/iptproxy/iptproxy/pkg/planner"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 )
@@ -62,11 +61,11 @@ func TestKernelRoundTrip(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				got := planner.ParseSave(save)
+				got := userChains(save)
 				for _, c := range tbl.chains {
-					if strings.Join(got[c.Name], "\n") != strings.Join(c.Rules, "\n") {
+					if strings.Join(got[c.Name], "\n") != strings.Join(iptables.Strings(c.Rules), "\n") {
 						t.Errorf("%s %s: kernel holds\n%s\nrendered\n%s", tbl.name, c.Name,
-							strings.Join(got[c.Name], "\n"), strings.Join(c.Rules, "\n"))
+							strings.Join(got[c.Name], "\n"), strings.Join(iptables.Strings(c.Rules), "\n"))
 					}
 				}
 			}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
 	"github.com/iptproxy/iptproxy/pkg/iptables/kerneltest"
-	"github.com/iptproxy/iptproxy/pkg/planner"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 )
@@ -93,7 +92,7 @@ func TestFirstSyncVerifiesTheEarlyRead(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				p.early = p.readySaves(saves, now, foreign, known)
+				p.early = p.readySaves(parseSaves(t, saves), now, foreign, known)
 				spn := proxy.ServicePortName{NamespacedName: s2nn("ns", "plain"), Port: "p", Protocol: v1.ProtocolTCP}
 				sep := endpointChainOf(t, saves[iptables.TableNAT], rules.ChainNamesFor(spn).Cluster)
 				if flush {
@@ -117,7 +116,7 @@ func TestFirstSyncVerifiesTheEarlyRead(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := planner.ParseSave(save)[sep]; len(got) == 0 {
+				if got := userChains(save)[sep]; len(got) == 0 {
 					t.Errorf("endpoint chain %s still empty after the first sync", sep)
 				}
 			})
@@ -129,7 +128,7 @@ func TestFirstSyncVerifiesTheEarlyRead(t *testing.T) {
 // nat dump.
 func endpointChainOf(t *testing.T, nat []byte, svcChain string) string {
 	t.Helper()
-	for _, r := range planner.ParseSave(nat)[svcChain] {
+	for _, r := range userChains(nat)[svcChain] {
 		if i := strings.Index(r, "-j "+rules.PrefixEndpoint); i >= 0 {
 			return strings.Fields(r[i+3:])[0]
 		}
@@ -264,7 +263,7 @@ func TestDeltaSyncsTrustOnlyAProvenRecord(t *testing.T) {
 		}
 	}
 	nat, _ = ipt.Save(ctx, iptables.TableNAT)
-	if len(planner.ParseSave(nat)[sep]) == 0 {
+	if len(userChains(nat)[sep]) == 0 {
 		t.Errorf("flushed endpoint chain %s not repaired by its Service's change", sep)
 	}
 }

@@ -2,6 +2,7 @@ package proxier
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
@@ -45,7 +46,7 @@ func (p *Proxier) kernelMatchesRecord() bool {
 type earlySaves struct {
 	done  chan struct{}
 	at    time.Time
-	saves map[iptables.Table][]byte
+	saves map[iptables.Table]*iptables.SavedTable
 	errs  map[iptables.Table]error
 	// foreign is the backend's count of foreign writes before the dumps
 	// were read; known is false when the backend cannot tell.
@@ -56,19 +57,19 @@ type earlySaves struct {
 // readEarlySaves starts reading the tables in the background.
 func (p *Proxier) readEarlySaves(ctx context.Context) *earlySaves {
 	e := &earlySaves{done: make(chan struct{}), at: p.now(),
-		saves: map[iptables.Table][]byte{}, errs: map[iptables.Table]error{}}
+		saves: map[iptables.Table]*iptables.SavedTable{}, errs: map[iptables.Table]error{}}
 	e.foreign, e.known = p.foreign()
 	go func() {
 		defer close(e.done)
 		for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
-			e.saves[t], e.errs[t] = p.opts.IPTables.Save(ctx, t)
+			e.saves[t], e.errs[t] = readTable(ctx, p.opts.IPTables, t)
 		}
 	}()
 	return e
 }
 
 // readySaves returns dumps already read, for a full sync to adopt.
-func (p *Proxier) readySaves(saves map[iptables.Table][]byte, at time.Time, foreign uint64, known bool) *earlySaves {
+func (p *Proxier) readySaves(saves map[iptables.Table]*iptables.SavedTable, at time.Time, foreign uint64, known bool) *earlySaves {
 	e := &earlySaves{done: make(chan struct{}), at: at, saves: saves, errs: map[iptables.Table]error{},
 		foreign: foreign, known: known}
 	close(e.done)
@@ -108,9 +109,22 @@ func (p *Proxier) takeEarlySaves(ctx context.Context) *earlySaves {
 }
 
 // get returns the early dump of table, or reads it now.
-func (e *earlySaves) get(ctx context.Context, ipt iptables.Interface, t iptables.Table) ([]byte, error) {
+func (e *earlySaves) get(ctx context.Context, ipt iptables.Interface, t iptables.Table) (*iptables.SavedTable, error) {
 	if e != nil && e.errs[t] == nil && e.saves[t] != nil {
 		return e.saves[t], nil
 	}
-	return ipt.Save(ctx, t)
+	return readTable(ctx, ipt, t)
+}
+
+// readTable reads table with iptables-save.
+func readTable(ctx context.Context, ipt iptables.Interface, t iptables.Table) (*iptables.SavedTable, error) {
+	save, err := ipt.Save(ctx, t)
+	if err != nil {
+		return nil, fmt.Errorf("reading the %s table: %w", t, err)
+	}
+	st, err := iptables.ParseSaveTable(t, save)
+	if err != nil {
+		return nil, fmt.Errorf("reading the %s table: %w", t, err)
+	}
+	return st, nil
 }

@@ -9,7 +9,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2/ktesting"
 
-	ipttesting "github.com/iptproxy/iptproxy/pkg/iptables/testing"
+	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 	"github.com/iptproxy/iptproxy/pkg/trace"
@@ -44,7 +44,7 @@ func TestLocalhostNodePorts(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			logger, _ := ktesting.NewTestContext(t)
-			fake := ipttesting.NewFake(v1.IPv4Protocol)
+			fake := memory.New(v1.IPv4Protocol)
 			p := proxier.New(logger, proxier.Options{
 				Rules: rules.Config{Family: v1.IPv4Protocol, NodeName: "node-a", MasqueradeBit: 14,
 					NodeIPs: []netip.Addr{netip.MustParseAddr(hostileNodeIP)}, LocalhostNodePorts: tc.localhost},

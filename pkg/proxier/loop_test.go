@@ -13,7 +13,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
-	ipttesting "github.com/iptproxy/iptproxy/pkg/iptables/testing"
+	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 )
 
@@ -64,7 +64,7 @@ func TestRunHealthAndRetries(t *testing.T) {
 			logger, ctx := ktesting.NewTestContext(t)
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
-			fake := ipttesting.NewFake(v1.IPv4Protocol)
+			fake := memory.New(v1.IPv4Protocol)
 			if tc.failFirst {
 				fake.FailNextRestore(nil)
 			}
@@ -123,7 +123,7 @@ func TestRunHealthAndRetries(t *testing.T) {
 
 // savesCounter counts the iptables-save runs on a fake.
 type savesCounter struct {
-	*ipttesting.Fake
+	*memory.Tables
 	mu    sync.Mutex
 	saves int
 }
@@ -132,7 +132,7 @@ func (s *savesCounter) Save(ctx context.Context, table iptables.Table) ([]byte, 
 	s.mu.Lock()
 	s.saves++
 	s.mu.Unlock()
-	return s.Fake.Save(ctx, table)
+	return s.Tables.Save(ctx, table)
 }
 
 func (s *savesCounter) count() int {
@@ -158,7 +158,7 @@ func TestRunReadsTablesWhileInformersList(t *testing.T) {
 			logger, ctx := ktesting.NewTestContext(t)
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
-			ipt := &savesCounter{Fake: ipttesting.NewFake(v1.IPv4Protocol)}
+			ipt := &savesCounter{Tables: memory.New(v1.IPv4Protocol)}
 			var clockMu sync.Mutex
 			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 			clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }

@@ -20,7 +20,7 @@ import (
 	"github.com/iptproxy/iptproxy/pkg/metrics"
 	"github.com/iptproxy/iptproxy/pkg/nfacct"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
-	rt "github.com/iptproxy/iptproxy/pkg/rules/rulestest"
+	rt "github.com/iptproxy/iptproxy/pkg/proxier/proxiertest"
 )
 
 // TestKernelNFAcctLocalhostNodePorts applies the rules with nfacct counting

@@ -5,14 +5,12 @@
 package proxier
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"runtime/debug"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -124,8 +122,7 @@ type Proxier struct {
 	generation atomic.Uint64
 
 	// Owned by the sync loop.
-	renderer     *rules.Renderer
-	applied      *planner.Applied
+	planner      *planner.Planner
 	needFull     atomic.Bool
 	lastFullSync time.Time
 	early        *earlySaves
@@ -148,14 +145,13 @@ func New(logger klog.Logger, opts Options) *Proxier {
 		now = time.Now
 	}
 	p := &Proxier{
-		family:   fam,
-		logger:   klog.LoggerWithValues(logger, "ipFamily", fam),
-		tracker:  proxy.NewTracker(logger, fam, opts.Rules.NodeName),
-		opts:     opts,
-		now:      now,
-		trigger:  make(chan struct{}, 1),
-		renderer: rules.NewRenderer(opts.Rules),
-		applied:  planner.NewApplied(),
+		family:  fam,
+		logger:  klog.LoggerWithValues(logger, "ipFamily", fam),
+		tracker: proxy.NewTracker(logger, fam, opts.Rules.NodeName),
+		opts:    opts,
+		now:     now,
+		trigger: make(chan struct{}, 1),
+		planner: planner.NewPlanner(opts.Rules, rules.IsServiceChain),
 	}
 	p.needFull.Store(true)
 	return p
@@ -246,9 +242,15 @@ func (p *Proxier) Desired() *rules.Ruleset {
 	if p.state == nil {
 		return nil
 	}
-	rs := rules.NewRenderer(p.renderer.Config()).Render(p.state, nil)
-	rs.Generation = p.renderer.Generation()
-	return rs
+	return p.planner.Desired(p.state)
+}
+
+// State returns the Service and endpoint model of the most recent sync
+// (nil before the first). It is a snapshot: later syncs do not change it.
+func (p *Proxier) State() *proxy.State {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	return p.state
 }
 
 // Generation returns the render generation of the last sync (0 before the
@@ -359,166 +361,199 @@ func bigSync(r SyncReport) bool {
 	return r.Rendered >= bigSyncRendered || r.BytesWritten >= bigSyncBytes
 }
 
-// Sync brings the kernel in line with the model once. It is called by Run;
-// tests call it directly.
+// Sync brings the kernel in line with the model once: it reads the kernel
+// (on a full sync), renders and plans, applies the plan, then does what
+// follows a sync (metrics, health, conntrack, health-check node ports). It
+// is called by Run; tests call it directly.
 func (p *Proxier) Sync(ctx context.Context) (err error) {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
-	start := p.now()
-	full := p.needFull.Load()
-	logger := p.logger
-	state, change := p.tracker.Checkout()
-	report := SyncReport{Family: p.family, Start: start, Full: full, Services: len(change.Services)}
-	m := p.opts.Metrics
-	fam := string(p.family)
-	defer func() {
-		report.Duration = p.now().Sub(start)
-		if err != nil {
-			p.verifiedOK = false
-			report.Error = err.Error()
-			// The tracker's changes are folded in; only a full sync can
-			// be sure to get everything right now.
-			p.needFull.Store(true)
+	s := p.beginSync()
+	defer func() { p.endSync(s, err) }()
+	if s.full {
+		if err := p.readKernel(ctx, s); err != nil {
+			return err
 		}
-		p.mu.Lock()
-		p.lastReport = report
-		p.mu.Unlock()
-		if m != nil {
-			sec := report.Duration.Seconds()
-			m.SyncProxyRulesLatency.WithLabelValues(fam).Observe(sec)
-			if full {
-				m.SyncFullProxyRulesLatency.WithLabelValues(fam).Observe(sec)
-			} else {
-				m.SyncPartialProxyRulesLatency.WithLabelValues(fam).Observe(sec)
-			}
-		}
-		if bigSync(report) {
-			// A full render at scale allocates hundreds of MB that are
-			// garbage once the restore is done; the runtime would hand
-			// them back to the OS only slowly, and the node's memory
-			// accounting (and OOM ranking) sees RSS. Give them back now:
-			// one forced GC per big sync, which is rare.
-			debug.FreeOSMemory()
-		}
-		logger.Info("Synced rules", "full", full, "elapsed", report.Duration, "changedServices", report.Services,
-			"renderedServicePorts", report.Rendered, "chainsWritten", countAll(report.ChainsWritten),
-			"chainsDeleted", countAll(report.ChainsDeleted), "rulesWritten", report.RulesWritten,
-			"bytes", report.BytesWritten, "transactions", report.Transactions, "err", err)
-	}()
-	if m != nil {
-		m.ServiceChangesTotal.Add(float64(change.ServiceEvents))
-		m.EndpointChangesTotal.Add(float64(change.SliceEvents))
+	}
+	p.planner.Trust(!s.full && p.kernelMatchesRecord())
+	rs, plan, err := p.planner.Plan(s.state, s.change, s.full, p.maxRestoreLines())
+	if err != nil {
+		return err
+	}
+	p.state = s.state
+	p.generation.Store(rs.Generation)
+	s.reportPlan(rs, plan)
+	if err := p.apply(ctx, s, plan); err != nil {
+		return err
+	}
+	p.afterSync(ctx, s, rs, plan)
+	return nil
+}
+
+// syncRun is one sync in progress.
+type syncRun struct {
+	start  time.Time
+	full   bool
+	state  *proxy.State
+	change proxy.Change
+	report SyncReport
+	// read is set once a full sync has read the kernel; readAt and readOK
+	// are the backend's count of foreign writes when the dumps were read
+	// (readOK false when it cannot tell, or a table could not be read).
+	read   bool
+	readAt uint64
+	readOK bool
+}
+
+// beginSync takes the tracker's changes and the node's latest zone and
+// addresses, and counts the changes.
+func (p *Proxier) beginSync() *syncRun {
+	s := &syncRun{start: p.now(), full: p.needFull.Load()}
+	s.state, s.change = p.tracker.Checkout()
+	s.report = SyncReport{Family: p.family, Start: s.start, Full: s.full, Services: len(s.change.Services)}
+	if m := p.opts.Metrics; m != nil {
+		m.ServiceChangesTotal.Add(float64(s.change.ServiceEvents))
+		m.EndpointChangesTotal.Add(float64(s.change.SliceEvents))
 		svcs, slices := p.tracker.Pending()
 		m.ServiceChangesPending.Set(float64(svcs))
 		m.EndpointChangesPending.Set(float64(slices))
 	}
-
 	p.mu.Lock()
 	zone, nodeIPs := p.topologyZone, p.nodeIPs
 	p.mu.Unlock()
-	cfg := p.renderer.Config()
-	var changed map[proxy.ServicePortName]bool
-	if cfg.Zone != zone || !slices.Equal(cfg.NodeIPs, nodeIPs) {
-		cfg.Zone, cfg.NodeIPs = zone, nodeIPs
-		p.renderer.SetConfig(cfg)
-	} else {
-		changed = map[proxy.ServicePortName]bool{}
-		for spn := range change.PreviousPorts {
-			changed[spn] = true
-		}
-		for nn := range change.Services {
-			for _, spn := range state.ServicePortNames(nn) {
-				changed[spn] = true
-			}
-		}
-	}
+	p.planner.SetNode(zone, nodeIPs)
+	return s
+}
 
-	if full {
-		// Read the kernel first: the dump also tells which base jumps and
-		// canaries exist, which saves an iptables run per jump (each costs
-		// a whole-table cache fetch on iptables-nft at scale).
-		saves := map[iptables.Table][]byte{}
-		early := p.takeEarlySaves(ctx)
-		readAt, readOK := p.foreign()
-		if early != nil {
-			readAt, readOK = early.foreign, early.known
-		}
-		for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
-			save, err := early.get(ctx, p.opts.IPTables, t)
-			if err != nil {
-				logger.Error(err, "Reading the current rules failed; rewriting every chain", "table", t)
-				p.applied.Forget(t)
-				readOK = false
-				continue
-			}
-			saves[t] = save
-			p.applied.Adopt(t, save)
-		}
-		// Once this sync commits, the record matches what was read plus
-		// iptproxy's own writes.
-		defer func() { p.verified, p.verifiedOK = readAt, readOK && err == nil }()
-		if err := p.ensureBase(ctx, saves); err != nil {
-			return err
-		}
-	}
+// reportPlan fills the report from the render and the plan.
+func (s *syncRun) reportPlan(rs *rules.Ruleset, plan *planner.Plan) {
+	s.report.Rendered = rs.Stats.Rendered
+	s.report.LargeClusterMode = rs.Stats.LargeClusterMode
+	s.report.RulesWritten = plan.Rules
+	s.report.Incremental = plan.Incremental
+	s.report.BytesWritten = plan.Size()
+	s.report.ChainsWritten = tableMap(plan.Written)
+	s.report.ChainsDeleted = tableMap(plan.Deleted)
+}
 
-	if full || !p.applied.Follows(p.renderer.Generation()) {
-		// Render every chain, to compare with the kernel (or with a
-		// record that does not follow the last render).
-		changed = nil
+// endSync records the report and the latency, and logs the sync. A failed
+// sync makes the next one full: the tracker's changes are folded in, and
+// only a full sync can be sure to get everything right now.
+func (p *Proxier) endSync(s *syncRun, err error) {
+	report := &s.report
+	report.Duration = p.now().Sub(s.start)
+	if err != nil {
+		p.verifiedOK = false
+		report.Error = err.Error()
+		p.needFull.Store(true)
+	} else if s.read {
+		// The record matches what was read plus iptproxy's own writes.
+		p.verified, p.verifiedOK = s.readAt, s.readOK
 	}
-	p.applied.Trust(!full && p.kernelMatchesRecord())
-	rs := p.renderer.Render(state, changed)
-	p.state = state
-	p.generation.Store(rs.Generation)
-	report.Rendered = rs.Stats.Rendered
-	report.LargeClusterMode = rs.Stats.LargeClusterMode
-	plan := planner.ComputeChunked(rs, p.applied, rules.IsServiceChain, p.maxRestoreLines())
-	report.RulesWritten = plan.Rules
-	report.Incremental = plan.Incremental
-	report.BytesWritten = plan.Size()
-	report.ChainsWritten = tableMap(plan.Written)
-	report.ChainsDeleted = tableMap(plan.Deleted)
+	p.mu.Lock()
+	p.lastReport = *report
+	p.mu.Unlock()
+	if m := p.opts.Metrics; m != nil {
+		fam, sec := string(p.family), report.Duration.Seconds()
+		m.SyncProxyRulesLatency.WithLabelValues(fam).Observe(sec)
+		if s.full {
+			m.SyncFullProxyRulesLatency.WithLabelValues(fam).Observe(sec)
+		} else {
+			m.SyncPartialProxyRulesLatency.WithLabelValues(fam).Observe(sec)
+		}
+	}
+	if bigSync(*report) {
+		// A full render at scale allocates hundreds of MB that are
+		// garbage once the restore is done; the runtime would hand them
+		// back to the OS only slowly, and the node's memory accounting
+		// (and OOM ranking) sees RSS. Give them back now: one forced GC
+		// per big sync, which is rare.
+		debug.FreeOSMemory()
+	}
+	p.logger.Info("Synced rules", "full", s.full, "elapsed", report.Duration, "changedServices", report.Services,
+		"renderedServicePorts", report.Rendered, "chainsWritten", countAll(report.ChainsWritten),
+		"chainsDeleted", countAll(report.ChainsDeleted), "rulesWritten", report.RulesWritten,
+		"bytes", report.BytesWritten, "transactions", report.Transactions, "err", err)
+}
+
+// readKernel reads the filter and nat tables (or takes the dumps read
+// ahead), adopts them as the record, and installs the base jumps and
+// canaries they lack. The dumps also tell which base jumps and canaries
+// exist, which saves an iptables run per jump (each costs a whole-table
+// cache fetch on iptables-nft at scale). A table that cannot be read is
+// forgotten: every chain of it is written.
+func (p *Proxier) readKernel(ctx context.Context, s *syncRun) error {
+	saved := map[iptables.Table]*iptables.SavedTable{}
+	early := p.takeEarlySaves(ctx)
+	s.read = true
+	s.readAt, s.readOK = p.foreign()
+	if early != nil {
+		s.readAt, s.readOK = early.foreign, early.known
+	}
+	for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
+		st, err := early.get(ctx, p.opts.IPTables, t)
+		if err != nil {
+			p.logger.Error(err, "Reading the current rules failed; rewriting every chain", "table", t)
+			p.planner.Forget(t)
+			s.readOK = false
+			continue
+		}
+		saved[t] = st
+		p.planner.Adopt(st)
+	}
+	return p.ensureBase(ctx, saved)
+}
+
+// apply runs the plan's transactions in order. A failure is logged with
+// the failing lines and counted, and the record is forgotten: what the
+// kernel holds is no longer known for sure.
+func (p *Proxier) apply(ctx context.Context, s *syncRun, plan *planner.Plan) error {
+	fam := string(p.family)
 	for i, tx := range plan.Transactions {
-		report.Transactions++
-		if err := p.opts.IPTables.Restore(ctx, tx); err != nil {
-			var rerr *iptables.RestoreError
-			if errors.As(err, &rerr) {
-				logger.Error(err, "iptables-restore failed", "transaction", i+1, "transactions", len(plan.Transactions),
-					"failingLines", rerr.FailingLines(tx, 3))
-			}
-			if m != nil {
-				m.IPTablesRestoreFailuresTotal.WithLabelValues(fam).Inc()
-				if !full {
-					m.IPTablesPartialRestoreFailuresTotal.WithLabelValues(fam).Inc()
-				}
-			}
-			// What the kernel holds is no longer known for sure.
-			p.applied.Forget(iptables.TableFilter)
-			p.applied.Forget(iptables.TableNAT)
-			return fmt.Errorf("applying %d rules (transaction %d of %d): %w", plan.Rules, i+1, len(plan.Transactions), err)
+		s.report.Transactions++
+		err := p.opts.IPTables.Restore(ctx, tx)
+		if err == nil {
+			continue
 		}
+		var rerr *iptables.RestoreError
+		if errors.As(err, &rerr) {
+			p.logger.Error(err, "iptables-restore failed", "transaction", i+1, "transactions", len(plan.Transactions),
+				"failingLines", rerr.FailingLines(tx, 3))
+		}
+		if m := p.opts.Metrics; m != nil {
+			m.IPTablesRestoreFailuresTotal.WithLabelValues(fam).Inc()
+			if !s.full {
+				m.IPTablesPartialRestoreFailuresTotal.WithLabelValues(fam).Inc()
+			}
+		}
+		p.planner.Forget(iptables.TableFilter, iptables.TableNAT)
+		return fmt.Errorf("applying %d rules (transaction %d of %d): %w", plan.Rules, i+1, len(plan.Transactions), err)
 	}
-	p.applied.Commit(plan, rules.IsServiceChain)
-	if full {
+	p.planner.Commit(plan)
+	if s.full {
 		p.needFull.Store(false)
-		p.lastFullSync = start
+		p.lastFullSync = s.start
 	}
-	if m != nil {
-		p.recordMetrics(rs, plan, change)
+	return nil
+}
+
+// afterSync records metrics and health, cleans stale conntrack entries
+// and updates the health-check node ports.
+func (p *Proxier) afterSync(ctx context.Context, s *syncRun, rs *rules.Ruleset, plan *planner.Plan) {
+	if p.opts.Metrics != nil {
+		p.recordMetrics(rs, plan, s.change)
 	}
 	if p.opts.Health != nil {
 		p.opts.Health.Updated(p.family)
 	}
-	if p.opts.Conntrack != nil && needsConntrackCleanup(state, change) {
-		p.cleanConntrack(ctx, state)
+	if p.opts.Conntrack != nil && needsConntrackCleanup(s.state, s.change) {
+		p.cleanConntrack(ctx, s.state)
 	}
 	if p.opts.ServiceHealth != nil {
-		if err := p.syncServiceHealth(state); err != nil {
-			logger.Error(err, "Syncing health-check node ports")
+		if err := p.syncServiceHealth(s.state); err != nil {
+			p.logger.Error(err, "Syncing health-check node ports")
 		}
 	}
-	return nil
 }
 
 // maxRestoreLines returns the transaction size limit for the planner.
@@ -537,18 +572,15 @@ func (p *Proxier) maxRestoreLines() int {
 
 // ensureBase creates our top-level chains, the jumps to them from the
 // built-in chains, and the canaries, skipping those that saves (iptables-save
-// dumps of some tables) show to exist already.
-func (p *Proxier) ensureBase(ctx context.Context, saves map[iptables.Table][]byte) error {
+// ensureBase creates our top-level chains, the jumps to them from the
+// built-in chains, and the canaries, skipping those that saved (dumps of
+// some tables) shows to exist already.
+func (p *Proxier) ensureBase(ctx context.Context, saved map[iptables.Table]*iptables.SavedTable) error {
 	ipt := p.opts.IPTables
 	// As kube-proxy: the jumps to kubelet's KUBE-FIREWALL in both families,
 	// whether or not the anti-martian rule is ours to write.
-	all := append(jumps(), kubeletJumps()...)
-	base := map[iptables.Table][]string{}
-	for t, save := range saves {
-		base[t] = baseRules(save)
-	}
-	for _, j := range all {
-		if jumpPresent(base[j.table], j) {
+	for _, j := range append(jumps(), kubeletJumps()...) {
+		if jumpPresent(saved[j.table], j) {
 			continue
 		}
 		if _, err := ipt.EnsureChain(ctx, j.table, j.to); err != nil {
@@ -560,35 +592,23 @@ func (p *Proxier) ensureBase(ctx context.Context, saves map[iptables.Table][]byt
 	}
 	var canaries []iptables.Table
 	for _, t := range iptables.CanaryTables() {
-		if save, ok := saves[t]; !ok || !bytes.Contains(save, []byte("\n:"+rules.ChainCanary+" ")) {
+		if st, ok := saved[t]; !ok || st.Chain(rules.ChainCanary) == nil {
 			canaries = append(canaries, t)
 		}
 	}
 	return iptables.EnsureCanaries(ctx, ipt, rules.ChainCanary, canaries)
 }
 
-// baseRules returns the rules of the built-in chains in an iptables-save
-// dump (where the jumps to our chains are).
-func baseRules(save []byte) []string {
-	var out []string
-	for line := range strings.SplitSeq(string(save), "\n") {
-		if !strings.HasPrefix(line, "-A ") {
-			continue
-		}
-		chain, _, _ := strings.Cut(line[3:], " ")
-		switch chain {
-		case iptables.ChainPrerouting, iptables.ChainInput, iptables.ChainForward, iptables.ChainOutput, iptables.ChainPostrouting:
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
-// jumpPresent reports whether the rules of built-in chains hold jump j
+// jumpPresent reports whether a built-in chain of saved holds jump j
 // exactly, as kube-proxy checks it with "iptables -C": a rule with the same
 // comment and target but another match (a narrowed copy) is not it.
-func jumpPresent(base []string, j jump) bool {
-	return slices.Contains(base, j.line())
+func jumpPresent(saved *iptables.SavedTable, j jump) bool {
+	c := saved.Chain(j.from)
+	if c == nil || !c.Builtin() {
+		return false
+	}
+	want := j.rule().String()
+	return slices.ContainsFunc(c.Rules, func(r iptables.Rule) bool { return r.String() == want })
 }
 
 func (p *Proxier) recordMetrics(rs *rules.Ruleset, plan *planner.Plan, change proxy.Change) {

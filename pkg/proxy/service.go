@@ -100,113 +100,139 @@ func ServicePortsFor(svc *v1.Service, family v1.IPFamily) (map[ServicePortName]*
 	if skip, _ := ShouldSkipService(svc); skip {
 		return nil, nil
 	}
-	obj := "Service " + svc.Namespace + "/" + svc.Name
-	var errs []error
-	bad := func(field, value, reason string) {
-		errs = append(errs, &InvalidError{Object: obj, Field: field, Value: value, Reason: reason})
+	r := &serviceReader{svc: svc, family: family, obj: "Service " + svc.Namespace + "/" + svc.Name}
+	clusterIP := r.clusterIP()
+	if !clusterIP.IsValid() {
+		return nil, r.errs
 	}
+	base := r.servicePortBase(clusterIP)
+	return r.ports(&base), r.errs
+}
 
-	clusterIPs := svc.Spec.ClusterIPs
-	if len(clusterIPs) == 0 {
-		clusterIPs = []string{svc.Spec.ClusterIP}
-	}
-	var clusterIP netip.Addr
-	for _, s := range clusterIPs {
+// serviceReader reads one Service for one IP family, collecting what is
+// wrong with it.
+type serviceReader struct {
+	svc    *v1.Service
+	family v1.IPFamily
+	obj    string
+	errs   []error
+}
+
+func (r *serviceReader) bad(field, value, reason string) {
+	r.errs = append(r.errs, &InvalidError{Object: r.obj, Field: field, Value: value, Reason: reason})
+}
+
+// addrs parses the serving addresses of field, keeping those of the
+// family.
+func (r *serviceReader) addrs(field string, values []string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range values {
 		ip, reason := ParseServingIP(s)
 		if reason != "" {
-			bad("spec.clusterIPs", s, reason)
+			r.bad(field, s, reason)
 			continue
 		}
-		if FamilyOf(ip) == family && !clusterIP.IsValid() {
-			clusterIP = ip
+		if FamilyOf(ip) == r.family {
+			out = append(out, ip)
 		}
 	}
-	if !clusterIP.IsValid() {
-		return nil, errs
+	return out
+}
+
+// clusterIP returns the Service's first cluster IP of the family (invalid
+// when it has none).
+func (r *serviceReader) clusterIP() netip.Addr {
+	clusterIPs := r.svc.Spec.ClusterIPs
+	if len(clusterIPs) == 0 {
+		clusterIPs = []string{r.svc.Spec.ClusterIP}
 	}
+	if ips := r.addrs("spec.clusterIPs", clusterIPs); len(ips) > 0 {
+		return ips[0]
+	}
+	return netip.Addr{}
+}
 
-	externallyAccessible := svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer ||
-		(svc.Spec.Type == v1.ServiceTypeClusterIP && len(svc.Spec.ExternalIPs) > 0)
-	externalPolicyLocal := externallyAccessible && svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
-	internalPolicyLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
-
+// servicePortBase returns what every port of the Service shares: its
+// addresses, traffic policies, session affinity and load-balancer fields.
+func (r *serviceReader) servicePortBase(clusterIP netip.Addr) ServicePort {
+	spec := &r.svc.Spec
+	externallyAccessible := spec.Type == v1.ServiceTypeNodePort || spec.Type == v1.ServiceTypeLoadBalancer ||
+		(spec.Type == v1.ServiceTypeClusterIP && len(spec.ExternalIPs) > 0)
 	base := ServicePort{
 		ClusterIP:           clusterIP,
-		ExternalPolicyLocal: externalPolicyLocal,
-		InternalPolicyLocal: internalPolicyLocal,
+		ExternalPolicyLocal: externallyAccessible && spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal,
+		InternalPolicyLocal: spec.InternalTrafficPolicy != nil && *spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal,
 	}
-	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+	if spec.SessionAffinity == v1.ServiceAffinityClientIP {
 		base.SessionAffinityClientIP = true
 		base.StickyMaxAgeSeconds = defaultStickyMaxAgeSeconds
-		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+		if c := spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
 			if t := *c.ClientIP.TimeoutSeconds; t > 0 && t <= 86400 {
 				base.StickyMaxAgeSeconds = int(t)
 			} else {
-				bad("spec.sessionAffinityConfig.clientIP.timeoutSeconds", portString(int(t)), "out of range 1-86400; using the default")
+				r.bad("spec.sessionAffinityConfig.clientIP.timeoutSeconds", portString(int(t)), "out of range 1-86400; using the default")
 			}
 		}
 	}
-	for _, s := range svc.Spec.ExternalIPs {
-		ip, reason := ParseServingIP(s)
-		if reason != "" {
-			bad("spec.externalIPs", s, reason)
-			continue
-		}
-		if FamilyOf(ip) == family {
-			base.ExternalIPs = append(base.ExternalIPs, ip)
-		}
+	base.ExternalIPs = r.addrs("spec.externalIPs", spec.ExternalIPs)
+	if spec.Type == v1.ServiceTypeLoadBalancer {
+		r.loadBalancer(&base)
 	}
-	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
-		for _, ing := range svc.Status.LoadBalancer.Ingress {
-			if ing.IP == "" {
-				continue // hostname-only ingress: nothing to capture
-			}
-			if ing.IPMode != nil && *ing.IPMode != v1.LoadBalancerIPModeVIP {
-				continue // Proxy mode: the load balancer delivers to the node
-			}
-			ip, reason := ParseServingIP(ing.IP)
-			if reason != "" {
-				bad("status.loadBalancer.ingress.ip", ing.IP, reason)
-				continue
-			}
-			if FamilyOf(ip) == family {
-				base.LoadBalancerVIPs = append(base.LoadBalancerVIPs, ip)
-			}
-		}
-		ranges, rangeErrs := sourceRanges(svc, family)
-		for _, e := range rangeErrs {
-			bad("spec.loadBalancerSourceRanges", e, "not a CIDR")
-		}
-		base.LoadBalancerSourceRanges = ranges
-		base.FirewallEnabled = ranges != nil
-		if externalPolicyLocal {
-			if p := svc.Spec.HealthCheckNodePort; validPort(p) {
-				base.HealthCheckNodePort = int(p)
-			} else if p != 0 {
-				bad("spec.healthCheckNodePort", portString(int(p)), "out of range")
-			}
-		}
-	}
+	return base
+}
 
+// loadBalancer fills the load-balancer fields: the VIPs (not those of
+// hostname-only or Proxy-mode ingress), the source ranges and the
+// health-check node port.
+func (r *serviceReader) loadBalancer(base *ServicePort) {
+	var vips []string
+	for _, ing := range r.svc.Status.LoadBalancer.Ingress {
+		if ing.IP == "" {
+			continue // hostname-only ingress: nothing to capture
+		}
+		if ing.IPMode != nil && *ing.IPMode != v1.LoadBalancerIPModeVIP {
+			continue // Proxy mode: the load balancer delivers to the node
+		}
+		vips = append(vips, ing.IP)
+	}
+	base.LoadBalancerVIPs = r.addrs("status.loadBalancer.ingress.ip", vips)
+	ranges, rangeErrs := sourceRanges(r.svc, r.family)
+	for _, e := range rangeErrs {
+		r.bad("spec.loadBalancerSourceRanges", e, "not a CIDR")
+	}
+	base.LoadBalancerSourceRanges = ranges
+	base.FirewallEnabled = ranges != nil
+	if base.ExternalPolicyLocal {
+		if p := r.svc.Spec.HealthCheckNodePort; validPort(p) {
+			base.HealthCheckNodePort = int(p)
+		} else if p != 0 {
+			r.bad("spec.healthCheckNodePort", portString(int(p)), "out of range")
+		}
+	}
+}
+
+// ports returns the Service's valid ports, each a copy of base.
+func (r *serviceReader) ports(base *ServicePort) map[ServicePortName]*ServicePort {
+	svc := r.svc
 	nn := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	ports := make(map[ServicePortName]*ServicePort, len(svc.Spec.Ports))
 	for i := range svc.Spec.Ports {
 		p := &svc.Spec.Ports[i]
 		proto, ok := normalizeProtocol(p.Protocol)
 		if !ok {
-			bad("spec.ports.protocol", string(p.Protocol), "unsupported protocol")
+			r.bad("spec.ports.protocol", string(p.Protocol), "unsupported protocol")
 			continue
 		}
 		if !validPort(p.Port) {
-			bad("spec.ports.port", portString(int(p.Port)), "out of range 1-65535")
+			r.bad("spec.ports.port", portString(int(p.Port)), "out of range 1-65535")
 			continue
 		}
 		name := ServicePortName{NamespacedName: nn, Port: p.Name, Protocol: proto}
 		if _, dup := ports[name]; dup {
-			bad("spec.ports.name", p.Name, "duplicate port name and protocol")
+			r.bad("spec.ports.name", p.Name, "duplicate port name and protocol")
 			continue
 		}
-		sp := base
+		sp := *base
 		sp.Name = name
 		sp.Port = int(p.Port)
 		sp.Protocol = proto
@@ -214,12 +240,12 @@ func ServicePortsFor(svc *v1.Service, family v1.IPFamily) (map[ServicePortName]*
 			if validPort(p.NodePort) {
 				sp.NodePort = int(p.NodePort)
 			} else {
-				bad("spec.ports.nodePort", portString(int(p.NodePort)), "out of range 1-65535")
+				r.bad("spec.ports.nodePort", portString(int(p.NodePort)), "out of range 1-65535")
 			}
 		}
 		ports[name] = &sp
 	}
-	return ports, errs
+	return ports
 }
 
 // sourceRanges returns the loadBalancerSourceRanges of one family. As in

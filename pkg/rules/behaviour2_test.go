@@ -10,9 +10,9 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/iptproxy/iptproxy/pkg/localdetect"
+	rt "github.com/iptproxy/iptproxy/pkg/proxier/proxiertest"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
-	rt "github.com/iptproxy/iptproxy/pkg/rules/rulestest"
 	"github.com/iptproxy/iptproxy/pkg/trace"
 )
 

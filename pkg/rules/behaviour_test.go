@@ -1,7 +1,7 @@
 package rules_test
 
 // Behaviour tests: Services and EndpointSlices go through the sync path
-// into the fake iptables (pkg/rules/rulestest) and packets are traced
+// into the fake iptables (pkg/proxier/proxiertest) and packets are traced
 // through the result. Every case says where a packet goes: which endpoints
 // with which probability, masqueraded or not, REJECT or DROP, or untouched
 // (delivered to its original destination). None looks at rule text.
@@ -14,12 +14,12 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	rt "github.com/iptproxy/iptproxy/pkg/proxier/proxiertest"
 	"github.com/iptproxy/iptproxy/pkg/rules"
-	rt "github.com/iptproxy/iptproxy/pkg/rules/rulestest"
 	"github.com/iptproxy/iptproxy/pkg/trace"
 )
 
-// Addresses around the node (see rulestest for the node's own).
+// Addresses around the node (see proxiertest for the node's own).
 const (
 	podA    = "10.244.1.5" // on this node
 	podB    = "10.244.2.5" // on node-b

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/iptproxy/iptproxy/pkg/iptables"
 )
 
 // PrefixDispatch is the prefix of the dispatch chains: the small chains that
@@ -53,18 +55,18 @@ type dispatchEntry struct {
 	// address's digits, or the protocol and the port's digits.
 	key []byte
 	// body is the rule, as kube-proxy writes it in the flat chain.
-	body string
+	body iptables.Rule
 	// svc and seq give the entry's position in kube-proxy's flat order:
 	// the sort key of its Service port, then its index among that port's
 	// entries.
 	svc string
-	seq int
+	seq int32
 	// kind is what key holds.
 	kind keyKind
 }
 
 // keyKind says how a key is turned back into a match.
-type keyKind int
+type keyKind uint8
 
 const (
 	// keyAddr keys are destination addresses.
@@ -118,7 +120,7 @@ type dispatchTree struct {
 // their group prefixes. The next build reuses a node whose entries did
 // not change, with its chains (the same *Chain values) and children.
 type dispatchNode struct {
-	jump     string
+	jump     iptables.Rule
 	chains   []*Chain
 	children map[string]*dispatchNode
 }
@@ -145,8 +147,8 @@ func (t *dispatchTree) chainName(prefix []byte) string {
 }
 
 // jumpTo renders the rule that sends packets under prefix to chain.
-func (t *dispatchTree) jumpTo(prefix []byte, chain string) string {
-	rl := &rule{}
+func (t *dispatchTree) jumpTo(prefix []byte, chain string) iptables.Rule {
+	rl := &iptables.RuleBuilder{}
 	switch t.kind {
 	case keyAddr:
 		n := 4
@@ -159,10 +161,10 @@ func (t *dispatchTree) jumpTo(prefix []byte, chain string) string {
 			full[i/per] |= x << (8 - digitBits*(i%per+1))
 		}
 		addr, _ := netip.AddrFromSlice(full)
-		rl.dst = netip.PrefixFrom(addr, digitBits*len(prefix)).String()
+		rl.Dst = netip.PrefixFrom(addr, digitBits*len(prefix)).String()
 	case keyPort:
 		if len(prefix) > 0 {
-			rl.proto = protocolDigits[prefix[0]]
+			rl.Proto = protocolDigits[prefix[0]]
 		}
 		if len(prefix) > 1 {
 			lo, bits := 0, 0
@@ -176,10 +178,10 @@ func (t *dispatchTree) jumpTo(prefix []byte, chain string) string {
 			if hi != lo {
 				ports += ":" + strconv.Itoa(hi)
 			}
-			rl.match("-m", rl.proto, "--dport", ports)
+			rl.Match("-m", rl.Proto, "--dport", ports)
 		}
 	}
-	return rl.jump(chain).line()
+	return rl.Jump(chain).Rule()
 }
 
 // commonPrefix returns the length of the longest common prefix of a and b.
@@ -196,9 +198,9 @@ func commonPrefix(a, b []byte) int {
 // they differ, and adds the chains below to t.chains. old holds the
 // previous build's nodes at this level (nil: nothing to reuse); the nodes
 // of this build are returned.
-func (t *dispatchTree) split(entries []dispatchEntry, old map[string]*dispatchNode) ([]string, map[string]*dispatchNode) {
+func (t *dispatchTree) split(entries []dispatchEntry, old map[string]*dispatchNode) ([]iptables.Rule, map[string]*dispatchNode) {
 	lcp := commonPrefix(entries[0].key, entries[len(entries)-1].key)
-	var out []string
+	var out []iptables.Rule
 	nodes := map[string]*dispatchNode{}
 	for i := 0; i < len(entries); {
 		j := i + 1
@@ -250,7 +252,7 @@ func compareFlat(a, b *dispatchEntry) int {
 	if c := strings.Compare(a.svc, b.svc); c != 0 {
 		return c
 	}
-	return a.seq - b.seq
+	return int(a.seq) - int(b.seq)
 }
 
 // compareSorted orders entries as a dispatch tree keeps them: by kind, key,
@@ -266,10 +268,10 @@ func compareSorted(a, b *dispatchEntry) int {
 }
 
 // leafRules returns the entries' rules in kube-proxy's order.
-func leafRules(entries []dispatchEntry) []string {
+func leafRules(entries []dispatchEntry) []iptables.Rule {
 	sorted := slices.Clone(entries)
 	slices.SortFunc(sorted, func(a, b dispatchEntry) int { return compareFlat(&a, &b) })
-	out := make([]string, len(sorted))
+	out := make([]iptables.Rule, len(sorted))
 	for i, e := range sorted {
 		out[i] = e.body
 	}
@@ -291,7 +293,7 @@ type dispatchState struct {
 	// nodes are the last build's top-level nodes, per kind.
 	nodes [2]map[string]*dispatchNode
 	// top and chains are the last build's result.
-	top    []string
+	top    []iptables.Rule
 	chains []*Chain
 	built  bool
 }
@@ -327,7 +329,7 @@ func (d *dispatchState) changed() bool {
 // all, the root holds them flat in kube-proxy's order; otherwise the
 // address-keyed entries become one tree and the port-keyed ones another,
 // with the jumps to the address tree first in the root.
-func (d *dispatchState) build(delta bool) (top []string, chains, fresh []*Chain, gone []string) {
+func (d *dispatchState) build(delta bool) (top []iptables.Rule, chains, fresh []*Chain, gone []string) {
 	if !d.changed() {
 		return d.top, d.chains, nil, nil
 	}
@@ -354,7 +356,7 @@ func (d *dispatchState) build(delta bool) (top []string, chains, fresh []*Chain,
 				continue
 			}
 			t := &dispatchTree{family: d.family, table: d.table, root: d.root, kind: kind, dirty: d.dirty[kind]}
-			var rules []string
+			var rules []iptables.Rule
 			rules, d.nodes[kind] = t.split(sorted, d.nodes[kind])
 			d.top = append(d.top, rules...)
 			d.chains = append(d.chains, t.chains...)

@@ -6,11 +6,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/iptproxy/iptproxy/pkg/iptables"
 )
 
 // buildDispatch returns the rules of the shared chain root (of table, for
 // family) and the dispatch chains below it, built from scratch.
-func buildDispatch(family, table, root string, entries []dispatchEntry) ([]string, []*Chain) {
+func buildDispatch(family, table, root string, entries []dispatchEntry) ([]iptables.Rule, []*Chain) {
 	d := &dispatchState{family: family, table: table, root: root}
 	for _, e := range entries {
 		d.insert(e)
@@ -23,7 +25,7 @@ func addrEntries(addrs ...string) []dispatchEntry {
 	var out []dispatchEntry
 	for i, a := range addrs {
 		ip := netip.MustParseAddr(a)
-		out = append(out, dispatchEntry{key: addrKey(ip), kind: keyAddr, seq: i, body: "-d " + hostPrefix(ip) + " -j X" + fmt.Sprint(i)})
+		out = append(out, dispatchEntry{key: addrKey(ip), kind: keyAddr, seq: int32(i), body: iptables.MustParseRule("-d " + iptables.HostPrefix(ip) + " -j X" + fmt.Sprint(i))})
 	}
 	return out
 }
@@ -45,7 +47,7 @@ func TestDispatchJumps(t *testing.T) {
 		{"IPv4", keyPort, portKey("tcp", 30721), "-p tcp -m tcp --dport 30721 -j C"},
 	} {
 		tree := &dispatchTree{family: tc.family, kind: tc.kind}
-		if got := tree.jumpTo(tc.key, "C"); got != tc.want {
+		if got := tree.jumpTo(tc.key, "C").String(); got != tc.want {
 			t.Errorf("%s key %v: got %q, want %q", tc.family, tc.key, got, tc.want)
 		}
 	}
@@ -77,14 +79,14 @@ func TestBuildDispatch(t *testing.T) {
 		}
 	}
 	seen := 0
-	var walk func(rules []string, depth int)
-	walk = func(rules []string, depth int) {
+	var walk func(rules []iptables.Rule, depth int)
+	walk = func(rules []iptables.Rule, depth int) {
 		if depth > 17 {
 			t.Fatal("tree too deep")
 		}
 		last := -1
 		for _, r := range rules {
-			target := r[strings.LastIndex(r, " -j ")+4:]
+			target := r.String()[strings.LastIndex(r.String(), " -j ")+4:]
 			if c, ok := byName[target]; ok {
 				if len(c.Rules) > max(LeafMax, Fanout) {
 					t.Errorf("%s has %d rules", c.Name, len(c.Rules))

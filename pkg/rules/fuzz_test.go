@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/iptproxy/iptproxy/pkg/iptables"
 	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 	"github.com/iptproxy/iptproxy/pkg/rules"
@@ -299,8 +300,8 @@ func FuzzRender(f *testing.F) {
 }
 
 // chainMap returns the rules of chains by name.
-func chainMap(chains []*rules.Chain) map[string][]string {
-	m := make(map[string][]string, len(chains))
+func chainMap(chains []*rules.Chain) map[string][]iptables.Rule {
+	m := make(map[string][]iptables.Rule, len(chains))
 	for _, c := range chains {
 		m[c.Name] = c.Rules
 	}

@@ -9,6 +9,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/iptproxy/iptproxy/pkg/iptables"
 	"github.com/iptproxy/iptproxy/pkg/proxy"
 )
 
@@ -71,12 +72,7 @@ func (c *Config) masqMark() string {
 func (c *Config) isIPv6() bool { return c.Family == v1.IPv6Protocol }
 
 // Chain is the desired content of one chain.
-type Chain struct {
-	Name string
-	// Rules are the rule bodies, in iptables-save form without the
-	// "-A NAME" prefix.
-	Rules []string
-}
+type Chain = iptables.Chain
 
 // Ruleset is the desired content of the nat and filter tables for one IP
 // family: every chain iptproxy owns, in a stable order. A ruleset with a
@@ -232,7 +228,7 @@ func (r *Renderer) newCachedPort(spn proxy.ServicePortName, sortKey string, stat
 	for t := range sr.entries {
 		es := slices.Clip(sr.entries[t])
 		for i := range es {
-			es[i].svc, es[i].seq = sortKey, i
+			es[i].svc, es[i].seq = sortKey, int32(i)
 		}
 		cp.entries[t] = es
 	}
@@ -263,20 +259,45 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		rs.Stats.Rendered, svcChains = r.fill(state)
 	}
 
+	r.countPorts(&rs.Stats)
+	top, dispatchNAT, dispatchFilter := r.buildTrees(rs)
+	base := r.baseNAT(top)
+	rs.NAT = make([]*Chain, 0, len(base)+len(dispatchNAT)+len(svcChains))
+	rs.NAT = append(rs.NAT, base...)
+	rs.NAT = append(rs.NAT, dispatchNAT...)
+	rs.NAT = append(rs.NAT, svcChains...)
+	baseFilter := r.baseFilter(top)
+	rs.Filter = append(baseFilter, dispatchFilter...)
+	for _, c := range base {
+		rs.Stats.NATRules += len(c.Rules)
+	}
+	for _, c := range baseFilter {
+		rs.Stats.FilterRules += len(c.Rules)
+	}
+	return rs
+}
+
+// countPorts adds the cached ports' endpoints, rules and ports without
+// local endpoints to st, and remembers the endpoint count.
+func (r *Renderer) countPorts(st *Stats) {
 	for _, cp := range r.order {
-		rs.Stats.Endpoints += cp.endpoints
-		rs.Stats.NATRules += cp.rules
+		st.Endpoints += cp.endpoints
+		st.NATRules += cp.rules
 		if cp.noLocalInternal {
-			rs.Stats.NoLocalEndpointsInternal++
+			st.NoLocalEndpointsInternal++
 		}
 		if cp.noLocalExternal {
-			rs.Stats.NoLocalEndpointsExternal++
+			st.NoLocalEndpointsExternal++
 		}
 	}
-	r.endpoints = rs.Stats.Endpoints
+	r.endpoints = st.Endpoints
+}
 
-	var dispatchNAT, dispatchFilter []*Chain
-	var top [numTrees][]string
+// buildTrees builds the dispatch trees: it returns each tree's rules in
+// its shared chain, and the dispatch chains of nat and filter (with a
+// Delta, only the fresh ones, the gone ones recorded in it), counting
+// their rules in rs.Stats.
+func (r *Renderer) buildTrees(rs *Ruleset) (top [numTrees][]iptables.Rule, nat, filter []*Chain) {
 	for t, d := range r.trees {
 		rules, chains, fresh, gone := d.build(rs.Delta != nil)
 		top[t] = rules
@@ -288,10 +309,10 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 			chains = fresh
 		}
 		if d.table == "nat" {
-			dispatchNAT = append(dispatchNAT, chains...)
+			nat = append(nat, chains...)
 			rs.Stats.NATRules += n
 		} else {
-			dispatchFilter = append(dispatchFilter, chains...)
+			filter = append(filter, chains...)
 			rs.Stats.FilterRules += n
 		}
 		if rs.Delta == nil {
@@ -303,37 +324,43 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 			rs.Delta.GoneFilter = append(rs.Delta.GoneFilter, gone...)
 		}
 	}
+	return top, nat, filter
+}
 
-	cfg := &r.cfg
-	mark := cfg.masqMark()
-	base := []*Chain{
+// baseNAT returns nat's shared chains: KUBE-SERVICES and KUBE-NODEPORTS
+// (the roots of their trees), KUBE-POSTROUTING and KUBE-MARK-MASQ.
+func (r *Renderer) baseNAT(top [numTrees][]iptables.Rule) []*Chain {
+	mark := r.cfg.masqMark()
+	return []*Chain{
 		{Name: ChainServices, Rules: append(slices.Clip(top[treeNATServices]), r.nodePortsTail()...)},
 		{Name: ChainNodePorts, Rules: top[treeNATNodePorts]},
-		{Name: ChainPostrouting, Rules: []string{
-			(&rule{}).match("-m", "mark", "!", "--mark", mark+"/"+mark).jump("RETURN").line(),
-			(&rule{}).jump("MARK", "--set-xmark", mark+"/0x0").line(),
-			(&rule{}).comment("kubernetes service traffic requiring SNAT").jump("MASQUERADE", "--random-fully").line(),
+		{Name: ChainPostrouting, Rules: []iptables.Rule{
+			(&iptables.RuleBuilder{}).Match("-m", "mark", "!", "--mark", mark+"/"+mark).Jump("RETURN").Rule(),
+			(&iptables.RuleBuilder{}).Jump("MARK", "--set-xmark", mark+"/0x0").Rule(),
+			(&iptables.RuleBuilder{}).Comment("kubernetes service traffic requiring SNAT").Jump("MASQUERADE", "--random-fully").Rule(),
 		}},
-		{Name: ChainMarkMasq, Rules: []string{(&rule{}).jump("MARK", "--set-xmark", mark+"/"+mark).line()}},
+		{Name: ChainMarkMasq, Rules: []iptables.Rule{(&iptables.RuleBuilder{}).Jump("MARK", "--set-xmark", mark+"/"+mark).Rule()}},
 	}
-	rs.NAT = make([]*Chain, 0, len(base)+len(dispatchNAT)+len(svcChains))
-	rs.NAT = append(rs.NAT, base...)
-	rs.NAT = append(rs.NAT, dispatchNAT...)
-	rs.NAT = append(rs.NAT, svcChains...)
+}
 
-	var forward []string
+// baseFilter returns filter's shared chains: the roots of its trees,
+// KUBE-FORWARD and, for localhost node ports, kubelet's KUBE-FIREWALL.
+func (r *Renderer) baseFilter(top [numTrees][]iptables.Rule) []*Chain {
+	cfg := &r.cfg
+	mark := cfg.masqMark()
+	var forward []iptables.Rule
 	if !cfg.ConntrackTCPLiberal {
-		invalid := (&rule{}).match("-m", "conntrack", "--ctstate", "INVALID")
+		invalid := (&iptables.RuleBuilder{}).Match("-m", "conntrack", "--ctstate", "INVALID")
 		if cfg.NFAcctInvalidDropped != "" {
-			invalid.match(nfacctMatch(cfg.NFAcctInvalidDropped)...)
+			invalid.Match(nfacctMatch(cfg.NFAcctInvalidDropped)...)
 		}
-		forward = append(forward, invalid.jump("DROP").line())
+		forward = append(forward, invalid.Jump("DROP").Rule())
 	}
 	forward = append(forward,
-		(&rule{}).comment("kubernetes forwarding rules").match("-m", "mark", "--mark", mark+"/"+mark).jump("ACCEPT").line(),
-		(&rule{}).comment("kubernetes forwarding conntrack rule").match("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED").jump("ACCEPT").line(),
+		(&iptables.RuleBuilder{}).Comment("kubernetes forwarding rules").Match("-m", "mark", "--mark", mark+"/"+mark).Jump("ACCEPT").Rule(),
+		(&iptables.RuleBuilder{}).Comment("kubernetes forwarding conntrack rule").Match("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED").Jump("ACCEPT").Rule(),
 	)
-	baseFilter := []*Chain{
+	chains := []*Chain{
 		{Name: ChainServices, Rules: top[treeFilterServices]},
 		{Name: ChainExternalServices, Rules: top[treeFilterExternal]},
 		{Name: ChainForward, Rules: forward},
@@ -341,21 +368,14 @@ func (r *Renderer) Render(state *proxy.State, changed map[proxy.ServicePortName]
 		{Name: ChainProxyFirewall, Rules: top[treeFilterFirewall]},
 	}
 	if !cfg.isIPv6() && cfg.LocalhostNodePorts {
-		baseFilter = append(baseFilter, &Chain{Name: ChainKubeletFirewall, Rules: []string{
-			(&rule{src: "127.0.0.0/8", notSrc: true, dst: "127.0.0.0/8"}).
-				comment("block incoming localnet connections").
-				match("-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT").
-				jump("DROP").line(),
+		chains = append(chains, &Chain{Name: ChainKubeletFirewall, Rules: []iptables.Rule{
+			(&iptables.RuleBuilder{Src: "127.0.0.0/8", NotSrc: true, Dst: "127.0.0.0/8"}).
+				Comment("block incoming localnet connections").
+				Match("-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT").
+				Jump("DROP").Rule(),
 		}})
 	}
-	rs.Filter = append(baseFilter, dispatchFilter...)
-	for _, c := range base {
-		rs.Stats.NATRules += len(c.Rules)
-	}
-	for _, c := range baseFilter {
-		rs.Stats.FilterRules += len(c.Rules)
-	}
-	return rs
+	return chains
 }
 
 // fill renders every Service port from scratch and rebuilds the cache and
@@ -478,281 +498,358 @@ func sameEntries(a, b []dispatchEntry) bool {
 
 // nodePortsTail is the last rule of nat KUBE-SERVICES, sending packets to
 // the node's own addresses on to KUBE-NODEPORTS.
-func (r *Renderer) nodePortsTail() []string {
+func (r *Renderer) nodePortsTail() []iptables.Rule {
 	cfg := &r.cfg
 	const comment = "kubernetes service nodeports; NOTE: this must be the last rule in this chain"
 	if cfg.NodePortAddresses == nil {
-		rl := &rule{}
+		rl := &iptables.RuleBuilder{}
 		if cfg.isIPv6() {
-			rl.dst, rl.notDst = "::1/128", true
+			rl.Dst, rl.NotDst = "::1/128", true
 		} else if !cfg.LocalhostNodePorts {
-			rl.dst, rl.notDst = "127.0.0.0/8", true
+			rl.Dst, rl.NotDst = "127.0.0.0/8", true
 		}
-		return []string{rl.comment(comment).match("-m", "addrtype", "--dst-type", "LOCAL").jump(ChainNodePorts).line()}
+		return []iptables.Rule{rl.Comment(comment).Match("-m", "addrtype", "--dst-type", "LOCAL").Jump(ChainNodePorts).Rule()}
 	}
-	var out []string
+	var out []iptables.Rule
 	for _, ip := range cfg.NodePortAddresses {
 		if ip.IsLoopback() && (cfg.isIPv6() || !cfg.LocalhostNodePorts) {
 			continue
 		}
-		out = append(out, (&rule{dst: hostPrefix(ip)}).comment(comment).jump(ChainNodePorts).line())
+		out = append(out, (&iptables.RuleBuilder{Dst: iptables.HostPrefix(ip)}).Comment(comment).Jump(ChainNodePorts).Rule())
 	}
 	return out
 }
 
 // renderServicePort renders the rules of one Service port, following
-// kube-proxy's syncProxyRules.
+// kube-proxy's syncProxyRules: its entries in the shared dispatch chains,
+// then its own chains (the masquerade rule of the internal chain, EXT, FW,
+// SVC/SVL and the endpoints' SEP chains).
 func (r *Renderer) renderServicePort(sp *proxy.ServicePort, eps []*proxy.Endpoint) *serviceRules {
 	cfg := &r.cfg
-	sr := &serviceRules{}
-	name := sp.Name.String()
-	proto := strings.ToLower(string(sp.Protocol))
-	chains := ChainNamesFor(sp.Name)
-	cat := proxy.Categorize(eps, sp, cfg.NodeName, cfg.Zone)
-
-	usesClusterChain := len(cat.Cluster) > 0 && sp.UsesClusterEndpoints()
-	usesLocalChain := len(cat.Local) > 0 && sp.UsesLocalEndpoints()
-
-	internalChain, hasInternal := chains.Cluster, cat.HasAny
-	if sp.InternalPolicyLocal {
-		internalChain = chains.Local
-		hasInternal = hasInternal && len(cat.Local) > 0
-	}
-	externalPolicyChain, hasExternal := chains.Cluster, cat.HasAny
-	if sp.ExternalPolicyLocal {
-		externalPolicyChain = chains.Local
-		hasExternal = hasExternal && len(cat.Local) > 0
-	}
-	usesExternalChain := cat.HasAny && sp.ExternallyAccessible()
-	lbChain := chains.External
-	usesFWChain := cat.HasAny && len(sp.LoadBalancerVIPs) > 0 && sp.FirewallEnabled
-	if usesFWChain {
-		lbChain = chains.Firewall
-	}
-
-	var internalTarget, internalComment, externalTarget, externalComment string
-	if !cat.HasAny {
-		internalTarget, externalTarget = "REJECT", "REJECT"
-		internalComment = name + " has no endpoints"
-		externalComment = internalComment
-	} else {
-		if !hasInternal {
-			internalTarget, internalComment = "DROP", name+" has no local endpoints"
-			sr.noLocalInternal = true
-		}
-		if !hasExternal {
-			externalTarget, externalComment = "DROP", name+" has no local endpoints"
-			sr.noLocalExternal = true
-		}
-	}
-	filterVerdict := func(target string) []string {
-		if target == "REJECT" {
-			if cfg.isIPv6() {
-				return []string{"REJECT", "--reject-with", "icmp6-port-unreachable"}
-			}
-			return []string{"REJECT", "--reject-with", "icmp-port-unreachable"}
-		}
-		return []string{target}
-	}
-	dispatch := func(dst netip.Addr, comment, target string) dispatchEntry {
-		return dispatchEntry{key: addrKey(dst), kind: keyAddr,
-			body: (&rule{dst: hostPrefix(dst), proto: proto}).comment(comment).dport(sp.Port).jump(target).line()}
-	}
-	verdict := func(dst netip.Addr, comment, target string) dispatchEntry {
-		v := filterVerdict(target)
-		return dispatchEntry{key: addrKey(dst), kind: keyAddr,
-			body: (&rule{dst: hostPrefix(dst), proto: proto}).comment(comment).dport(sp.Port).jump(v[0], v[1:]...).line()}
-	}
-	portEntry := func(port int, body string) dispatchEntry {
-		return dispatchEntry{key: portKey(proto, port), kind: keyPort, body: body}
-	}
-
-	// ClusterIP.
-	if hasInternal {
-		sr.entries[treeNATServices] = append(sr.entries[treeNATServices], dispatch(sp.ClusterIP, name+" cluster IP", internalChain))
-	} else {
-		sr.entries[treeFilterServices] = append(sr.entries[treeFilterServices], verdict(sp.ClusterIP, internalComment, internalTarget))
-	}
-	// External IPs.
-	for _, ip := range sp.ExternalIPs {
-		if cat.HasAny {
-			sr.entries[treeNATServices] = append(sr.entries[treeNATServices], dispatch(ip, name+" external IP", chains.External))
-		}
-		if !hasExternal {
-			sr.entries[treeFilterExternal] = append(sr.entries[treeFilterExternal], verdict(ip, externalComment, externalTarget))
-		}
-	}
-	// Load-balancer IPs.
-	for _, ip := range sp.LoadBalancerVIPs {
-		if cat.HasAny {
-			sr.entries[treeNATServices] = append(sr.entries[treeNATServices], dispatch(ip, name+" loadbalancer IP", lbChain))
-		}
-		if usesFWChain {
-			sr.entries[treeFilterFirewall] = append(sr.entries[treeFilterFirewall], verdict(ip, name+" traffic not accepted by "+chains.Firewall, "DROP"))
-		}
-	}
-	if !hasExternal {
-		for _, ip := range sp.LoadBalancerVIPs {
-			sr.entries[treeFilterExternal] = append(sr.entries[treeFilterExternal], verdict(ip, externalComment, externalTarget))
-		}
-	}
-	// NodePort.
-	if sp.NodePort != 0 {
-		if cat.HasAny {
-			if cfg.LocalhostNodePorts && !cfg.isIPv6() && cfg.NFAcctLocalhostNodePorts != "" {
-				sr.entries[treeNATNodePorts] = append(sr.entries[treeNATNodePorts], portEntry(sp.NodePort,
-					(&rule{dst: "127.0.0.0/8", proto: proto}).comment(name).match("-m", proto, "--dport", itoa(sp.NodePort)).
-						match(nfacctMatch(cfg.NFAcctLocalhostNodePorts)...).jump(chains.External).line()))
-			}
-			sr.entries[treeNATNodePorts] = append(sr.entries[treeNATNodePorts], portEntry(sp.NodePort,
-				(&rule{proto: proto}).comment(name).match("-m", proto, "--dport", itoa(sp.NodePort)).jump(chains.External).line()))
-		}
-		if !hasExternal {
-			v := filterVerdict(externalTarget)
-			sr.entries[treeFilterExternal] = append(sr.entries[treeFilterExternal], portEntry(sp.NodePort,
-				(&rule{proto: proto}).comment(externalComment).match("-m", "addrtype", "--dst-type", "LOCAL").
-					match("-m", proto, "--dport", itoa(sp.NodePort)).jump(v[0], v[1:]...).line()))
-		}
-	}
-	// Health-check node port.
-	if sp.HealthCheckNodePort != 0 {
-		sr.entries[treeFilterNodePorts] = append(sr.entries[treeFilterNodePorts], dispatchEntry{key: portKey("tcp", sp.HealthCheckNodePort), kind: keyPort,
-			body: (&rule{proto: "tcp"}).comment(name+" health check node port").match("-m", "tcp", "--dport", itoa(sp.HealthCheckNodePort)).jump("ACCEPT").line()})
-	}
-
-	// Chains of the Service port.
-	var svcRules = map[string][]string{}
-	var order []string
-	add := func(chain string, body string) {
-		if _, ok := svcRules[chain]; !ok {
-			order = append(order, chain)
-		}
-		svcRules[chain] = append(svcRules[chain], body)
-	}
-	declare := func(chain string) {
-		if _, ok := svcRules[chain]; !ok {
-			order = append(order, chain)
-			svcRules[chain] = nil
-		}
-	}
-
-	if hasInternal {
-		masq := &rule{dst: hostPrefix(sp.ClusterIP), proto: proto}
-		if cfg.MasqueradeAll {
-			declare(internalChain)
-			add(internalChain, masq.comment(name+" cluster IP").dport(sp.Port).jump(ChainMarkMasq).line())
-		} else if cfg.LocalTraffic.Implemented() {
-			masq.applyArgs(cfg.LocalTraffic.IfNotLocal)
-			m := masq.matches
-			masq.matches = nil
-			masq.comment(name + " cluster IP").dport(sp.Port)
-			masq.matches = append(masq.matches, m...)
-			declare(internalChain)
-			add(internalChain, masq.jump(ChainMarkMasq).line())
-		}
-	}
-
-	if usesExternalChain {
-		ext := chains.External
-		declare(ext)
-		if !sp.ExternalPolicyLocal {
-			add(ext, (&rule{}).comment("masquerade traffic for "+name+" external destinations").jump(ChainMarkMasq).line())
-		} else {
-			if cfg.LocalTraffic.Implemented() {
-				rl := (&rule{}).applyArgs(cfg.LocalTraffic.IfLocal)
-				m := rl.matches
-				rl.matches = nil
-				rl.comment("pod traffic for " + name + " external destinations")
-				rl.matches = append(rl.matches, m...)
-				add(ext, rl.jump(chains.Cluster).line())
-			}
-			add(ext, (&rule{}).comment("masquerade LOCAL traffic for "+name+" external destinations").
-				match("-m", "addrtype", "--src-type", "LOCAL").jump(ChainMarkMasq).line())
-			add(ext, (&rule{}).comment("route LOCAL traffic for "+name+" external destinations").
-				match("-m", "addrtype", "--src-type", "LOCAL").jump(chains.Cluster).line())
-		}
-		if hasExternal {
-			add(ext, (&rule{}).jump(externalPolicyChain).line())
-		}
-	}
-
-	if usesFWChain {
-		fw := chains.Firewall
-		declare(fw)
-		allowFromNode := false
-		for _, cidr := range sp.LoadBalancerSourceRanges {
-			add(fw, (&rule{src: cidr.String()}).comment(name+" loadbalancer IP").jump(chains.External).line())
-			if len(cfg.NodeIPs) > 0 && cidr.Contains(cfg.NodeIPs[0]) {
-				allowFromNode = true
-			}
-		}
-		if allowFromNode {
-			for _, ip := range sp.LoadBalancerVIPs {
-				add(fw, (&rule{src: hostPrefix(ip)}).comment(name+" loadbalancer IP").jump(chains.External).line())
-			}
-		}
-		add(fw, (&rule{}).comment("other traffic to "+name+" will be dropped by KUBE-PROXY-FIREWALL").line())
-	}
-
-	if usesClusterChain {
-		declare(chains.Cluster)
-		for _, body := range r.serviceToEndpoints(sp, cat.Cluster) {
-			add(chains.Cluster, body)
-		}
-	}
-	if usesLocalChain {
-		declare(chains.Local)
-		for _, body := range r.serviceToEndpoints(sp, cat.Local) {
-			add(chains.Local, body)
-		}
-	}
-	for _, ep := range cat.Reachable {
-		sep := EndpointChainName(sp.Name, ep.String())
-		declare(sep)
-		first := &rule{src: hostPrefix(ep.IP)}
-		if !r.large {
-			first.comment(name)
-		}
-		add(sep, first.jump(ChainMarkMasq).line())
-		dnat := &rule{proto: proto}
-		if !r.large {
-			dnat.comment(name)
-		}
-		if sp.SessionAffinityClientIP {
-			dnat.match("-m", "recent", "--set", "--name", sep, "--mask", r.recentMask(), "--rsource")
-		}
-		dnat.match("-m", proto)
-		add(sep, dnat.jump("DNAT", "--to-destination", ep.String()).line())
-	}
-
-	for _, c := range order {
-		sr.natChains = append(sr.natChains, &Chain{Name: c, Rules: svcRules[c]})
-	}
+	pol := newPortPolicy(sp, proxy.Categorize(eps, sp, cfg.NodeName, cfg.Zone), cfg.isIPv6())
+	sr := &serviceRules{noLocalInternal: pol.noLocalInternal, noLocalExternal: pol.noLocalExternal}
+	r.clusterIPEntries(sr, pol)
+	r.externalIPEntries(sr, pol)
+	r.loadBalancerEntries(sr, pol)
+	r.nodePortEntries(sr, pol)
+	var pc portChains
+	r.internalMasquerade(&pc, pol)
+	r.externalChain(&pc, pol)
+	r.firewallChain(&pc, pol)
+	r.endpointChains(&pc, pol)
+	sr.natChains = pc.chains
 	sr.pack()
 	return sr
 }
 
-// pack moves the bodies of the Service port's dispatch entries, which the
+// portPolicy is what kube-proxy decides for one Service port before it
+// writes a rule: which of the port's chains exist, where internal and
+// external traffic go, and the verdict for traffic with nowhere to go.
+type portPolicy struct {
+	sp          *proxy.ServicePort
+	name, proto string
+	ipv6        bool
+	chains      ServiceChainNames
+	cat         proxy.Categorized
+
+	usesClusterChain, usesLocalChain, usesExternalChain, usesFWChain bool
+	// hasInternal and hasExternal are false when the policy's endpoints
+	// are missing; internalTarget and externalTarget (REJECT or DROP)
+	// and their comments say what happens then.
+	hasInternal, hasExternal           bool
+	internalChain, externalPolicyChain string
+	lbChain                            string
+	internalTarget, internalComment    string
+	externalTarget, externalComment    string
+	noLocalInternal, noLocalExternal   bool
+}
+
+func newPortPolicy(sp *proxy.ServicePort, cat proxy.Categorized, ipv6 bool) *portPolicy {
+	p := &portPolicy{sp: sp, name: sp.Name.String(), proto: strings.ToLower(string(sp.Protocol)), ipv6: ipv6,
+		chains: ChainNamesFor(sp.Name), cat: cat}
+	p.usesClusterChain = len(cat.Cluster) > 0 && sp.UsesClusterEndpoints()
+	p.usesLocalChain = len(cat.Local) > 0 && sp.UsesLocalEndpoints()
+	p.internalChain, p.hasInternal = p.chains.Cluster, cat.HasAny
+	if sp.InternalPolicyLocal {
+		p.internalChain = p.chains.Local
+		p.hasInternal = p.hasInternal && len(cat.Local) > 0
+	}
+	p.externalPolicyChain, p.hasExternal = p.chains.Cluster, cat.HasAny
+	if sp.ExternalPolicyLocal {
+		p.externalPolicyChain = p.chains.Local
+		p.hasExternal = p.hasExternal && len(cat.Local) > 0
+	}
+	p.usesExternalChain = cat.HasAny && sp.ExternallyAccessible()
+	p.usesFWChain = cat.HasAny && len(sp.LoadBalancerVIPs) > 0 && sp.FirewallEnabled
+	p.lbChain = p.chains.External
+	if p.usesFWChain {
+		p.lbChain = p.chains.Firewall
+	}
+	if !cat.HasAny {
+		p.internalTarget, p.externalTarget = "REJECT", "REJECT"
+		p.internalComment = p.name + " has no endpoints"
+		p.externalComment = p.internalComment
+		return p
+	}
+	if !p.hasInternal {
+		p.internalTarget, p.internalComment = "DROP", p.name+" has no local endpoints"
+		p.noLocalInternal = true
+	}
+	if !p.hasExternal {
+		p.externalTarget, p.externalComment = "DROP", p.name+" has no local endpoints"
+		p.noLocalExternal = true
+	}
+	return p
+}
+
+// verdict returns the filter target and arguments for a REJECT or DROP.
+func (p *portPolicy) verdict(target string) []string {
+	if target != "REJECT" {
+		return []string{target}
+	}
+	if p.ipv6 {
+		return []string{"REJECT", "--reject-with", "icmp6-port-unreachable"}
+	}
+	return []string{"REJECT", "--reject-with", "icmp-port-unreachable"}
+}
+
+// toAddr is a dispatch entry for the port on dst, jumping to target (a
+// chain, or a verdict with its arguments).
+func (p *portPolicy) toAddr(dst netip.Addr, comment string, target ...string) dispatchEntry {
+	return dispatchEntry{key: addrKey(dst), kind: keyAddr,
+		body: (&iptables.RuleBuilder{Dst: iptables.HostPrefix(dst), Proto: p.proto}).Comment(comment).DPort(p.sp.Port).Jump(target[0], target[1:]...).Rule()}
+}
+
+// toPort is a dispatch entry for a node port.
+func toPort(proto string, port int, rule iptables.Rule) dispatchEntry {
+	return dispatchEntry{key: portKey(proto, port), kind: keyPort, body: rule}
+}
+
+func (sr *serviceRules) add(tree int, e dispatchEntry) {
+	sr.entries[tree] = append(sr.entries[tree], e)
+}
+
+// clusterIPEntries dispatches the ClusterIP to the internal chain, or
+// rejects or drops it in filter.
+func (r *Renderer) clusterIPEntries(sr *serviceRules, p *portPolicy) {
+	if p.hasInternal {
+		sr.add(treeNATServices, p.toAddr(p.sp.ClusterIP, p.name+" cluster IP", p.internalChain))
+	} else {
+		sr.add(treeFilterServices, p.toAddr(p.sp.ClusterIP, p.internalComment, p.verdict(p.internalTarget)...))
+	}
+}
+
+// externalIPEntries dispatches the external IPs to EXT.
+func (r *Renderer) externalIPEntries(sr *serviceRules, p *portPolicy) {
+	for _, ip := range p.sp.ExternalIPs {
+		if p.cat.HasAny {
+			sr.add(treeNATServices, p.toAddr(ip, p.name+" external IP", p.chains.External))
+		}
+		if !p.hasExternal {
+			sr.add(treeFilterExternal, p.toAddr(ip, p.externalComment, p.verdict(p.externalTarget)...))
+		}
+	}
+}
+
+// loadBalancerEntries dispatches the load-balancer IPs to FW (or EXT).
+func (r *Renderer) loadBalancerEntries(sr *serviceRules, p *portPolicy) {
+	for _, ip := range p.sp.LoadBalancerVIPs {
+		if p.cat.HasAny {
+			sr.add(treeNATServices, p.toAddr(ip, p.name+" loadbalancer IP", p.lbChain))
+		}
+		if p.usesFWChain {
+			sr.add(treeFilterFirewall, p.toAddr(ip, p.name+" traffic not accepted by "+p.chains.Firewall, "DROP"))
+		}
+	}
+	if !p.hasExternal {
+		for _, ip := range p.sp.LoadBalancerVIPs {
+			sr.add(treeFilterExternal, p.toAddr(ip, p.externalComment, p.verdict(p.externalTarget)...))
+		}
+	}
+}
+
+// nodePortEntries dispatches the node port to EXT and opens the
+// health-check node port.
+func (r *Renderer) nodePortEntries(sr *serviceRules, p *portPolicy) {
+	cfg, sp, proto := &r.cfg, p.sp, p.proto
+	if sp.NodePort != 0 {
+		if p.cat.HasAny {
+			if cfg.LocalhostNodePorts && !cfg.isIPv6() && cfg.NFAcctLocalhostNodePorts != "" {
+				sr.add(treeNATNodePorts, toPort(proto, sp.NodePort,
+					(&iptables.RuleBuilder{Dst: "127.0.0.0/8", Proto: proto}).Comment(p.name).Match("-m", proto, "--dport", itoa(sp.NodePort)).
+						Match(nfacctMatch(cfg.NFAcctLocalhostNodePorts)...).Jump(p.chains.External).Rule()))
+			}
+			sr.add(treeNATNodePorts, toPort(proto, sp.NodePort,
+				(&iptables.RuleBuilder{Proto: proto}).Comment(p.name).Match("-m", proto, "--dport", itoa(sp.NodePort)).Jump(p.chains.External).Rule()))
+		}
+		if !p.hasExternal {
+			v := p.verdict(p.externalTarget)
+			sr.add(treeFilterExternal, toPort(proto, sp.NodePort,
+				(&iptables.RuleBuilder{Proto: proto}).Comment(p.externalComment).Match("-m", "addrtype", "--dst-type", "LOCAL").
+					Match("-m", proto, "--dport", itoa(sp.NodePort)).Jump(v[0], v[1:]...).Rule()))
+		}
+	}
+	if sp.HealthCheckNodePort != 0 {
+		sr.add(treeFilterNodePorts, toPort("tcp", sp.HealthCheckNodePort,
+			(&iptables.RuleBuilder{Proto: "tcp"}).Comment(p.name+" health check node port").Match("-m", "tcp", "--dport", itoa(sp.HealthCheckNodePort)).Jump("ACCEPT").Rule()))
+	}
+}
+
+// portChains collects a Service port's chains in the order they are
+// first declared.
+type portChains struct {
+	chains []*Chain
+	// index finds chains by name once there are many (a Service with
+	// many endpoints has a chain per endpoint).
+	index map[string]*Chain
+}
+
+// declare returns chain, creating it empty if needed.
+func (pc *portChains) declare(name string) *Chain {
+	if pc.index != nil {
+		if c := pc.index[name]; c != nil {
+			return c
+		}
+	} else {
+		for _, c := range pc.chains {
+			if c.Name == name {
+				return c
+			}
+		}
+	}
+	c := &Chain{Name: name}
+	pc.chains = append(pc.chains, c)
+	if pc.index != nil {
+		pc.index[name] = c
+	} else if len(pc.chains) > 16 {
+		pc.index = make(map[string]*Chain, 2*len(pc.chains))
+		for _, c := range pc.chains {
+			pc.index[c.Name] = c
+		}
+	}
+	return c
+}
+
+// add appends rules to chain, declaring it if needed.
+func (pc *portChains) add(name string, rules ...iptables.Rule) {
+	c := pc.declare(name)
+	c.Rules = append(c.Rules, rules...)
+}
+
+// internalMasquerade marks cluster-IP traffic for masquerading in the
+// internal chain: all of it (masqueradeAll), or what does not come from a
+// local pod.
+func (r *Renderer) internalMasquerade(pc *portChains, p *portPolicy) {
+	cfg := &r.cfg
+	if !p.hasInternal || (!cfg.MasqueradeAll && !cfg.LocalTraffic.Implemented()) {
+		return
+	}
+	masq := &iptables.RuleBuilder{Dst: iptables.HostPrefix(p.sp.ClusterIP), Proto: p.proto}
+	if !cfg.MasqueradeAll {
+		masq.ApplyArgs(cfg.LocalTraffic.IfNotLocal)
+	}
+	pc.add(p.internalChain, masq.Comment(p.name+" cluster IP").DPort(p.sp.Port).Jump(ChainMarkMasq).Rule())
+}
+
+// externalChain writes KUBE-EXT: masquerade (or, with a Local policy,
+// short-circuit pod and node traffic to the cluster chain), then on to the
+// external policy's chain.
+func (r *Renderer) externalChain(pc *portChains, p *portPolicy) {
+	if !p.usesExternalChain {
+		return
+	}
+	cfg, ext := &r.cfg, p.chains.External
+	pc.declare(ext)
+	if !p.sp.ExternalPolicyLocal {
+		pc.add(ext, (&iptables.RuleBuilder{}).Comment("masquerade traffic for "+p.name+" external destinations").Jump(ChainMarkMasq).Rule())
+	} else {
+		if cfg.LocalTraffic.Implemented() {
+			pc.add(ext, (&iptables.RuleBuilder{}).ApplyArgs(cfg.LocalTraffic.IfLocal).
+				Comment("pod traffic for "+p.name+" external destinations").Jump(p.chains.Cluster).Rule())
+		}
+		pc.add(ext,
+			(&iptables.RuleBuilder{}).Comment("masquerade LOCAL traffic for "+p.name+" external destinations").
+				Match("-m", "addrtype", "--src-type", "LOCAL").Jump(ChainMarkMasq).Rule(),
+			(&iptables.RuleBuilder{}).Comment("route LOCAL traffic for "+p.name+" external destinations").
+				Match("-m", "addrtype", "--src-type", "LOCAL").Jump(p.chains.Cluster).Rule())
+	}
+	if p.hasExternal {
+		pc.add(ext, (&iptables.RuleBuilder{}).Jump(p.externalPolicyChain).Rule())
+	}
+}
+
+// firewallChain writes KUBE-FW: the loadBalancerSourceRanges (and the
+// load-balancer IPs themselves when a range holds the node) go on to EXT;
+// the rest falls through to KUBE-PROXY-FIREWALL's DROP.
+func (r *Renderer) firewallChain(pc *portChains, p *portPolicy) {
+	if !p.usesFWChain {
+		return
+	}
+	cfg, fw := &r.cfg, p.chains.Firewall
+	pc.declare(fw)
+	allowFromNode := false
+	for _, cidr := range p.sp.LoadBalancerSourceRanges {
+		pc.add(fw, (&iptables.RuleBuilder{Src: cidr.String()}).Comment(p.name+" loadbalancer IP").Jump(p.chains.External).Rule())
+		if len(cfg.NodeIPs) > 0 && cidr.Contains(cfg.NodeIPs[0]) {
+			allowFromNode = true
+		}
+	}
+	if allowFromNode {
+		for _, ip := range p.sp.LoadBalancerVIPs {
+			pc.add(fw, (&iptables.RuleBuilder{Src: iptables.HostPrefix(ip)}).Comment(p.name+" loadbalancer IP").Jump(p.chains.External).Rule())
+		}
+	}
+	pc.add(fw, (&iptables.RuleBuilder{}).Comment("other traffic to "+p.name+" will be dropped by KUBE-PROXY-FIREWALL").Rule())
+}
+
+// endpointChains writes KUBE-SVC and KUBE-SVL (the choice of an endpoint)
+// and each reachable endpoint's KUBE-SEP (masquerade hairpin traffic,
+// DNAT).
+func (r *Renderer) endpointChains(pc *portChains, p *portPolicy) {
+	sp := p.sp
+	if p.usesClusterChain {
+		pc.add(p.chains.Cluster, r.serviceToEndpoints(sp, p.cat.Cluster)...)
+	}
+	if p.usesLocalChain {
+		pc.add(p.chains.Local, r.serviceToEndpoints(sp, p.cat.Local)...)
+	}
+	for _, ep := range p.cat.Reachable {
+		sep := EndpointChainName(sp.Name, ep.String())
+		first := &iptables.RuleBuilder{Src: iptables.HostPrefix(ep.IP)}
+		dnat := &iptables.RuleBuilder{Proto: p.proto}
+		if !r.large {
+			first.Comment(p.name)
+			dnat.Comment(p.name)
+		}
+		if sp.SessionAffinityClientIP {
+			dnat.Match("-m", "recent", "--set", "--name", sep, "--mask", r.recentMask(), "--rsource")
+		}
+		dnat.Match("-m", p.proto)
+		pc.add(sep, first.Jump(ChainMarkMasq).Rule(), dnat.Jump("DNAT", "--to-destination", ep.String()).Rule())
+	}
+}
+
+// pack moves the texts of the Service port's dispatch entries, which the
 // renderer keeps until the port changes, into one string.
 func (sr *serviceRules) pack() {
 	size := 0
 	for _, es := range sr.entries {
 		for _, e := range es {
-			size += len(e.body)
+			size += len(e.body.String())
 		}
 	}
 	var b strings.Builder
 	b.Grow(size)
 	for _, es := range sr.entries {
 		for _, e := range es {
-			b.WriteString(e.body)
+			b.WriteString(e.body.String())
 		}
 	}
 	text, off := b.String(), 0
 	for _, es := range sr.entries {
 		for i := range es {
-			n := len(es[i].body)
-			es[i].body = text[off : off+n]
+			n := len(es[i].body.String())
+			es[i].body = es[i].body.Rebase(text[off : off+n])
 			off += n
 		}
 	}
@@ -760,30 +857,30 @@ func (sr *serviceRules) pack() {
 
 // serviceToEndpoints renders a KUBE-SVC/KUBE-SVL chain: affinity checks
 // first, then one statistic rule per endpoint, the last unconditional.
-func (r *Renderer) serviceToEndpoints(sp *proxy.ServicePort, eps []*proxy.Endpoint) []string {
+func (r *Renderer) serviceToEndpoints(sp *proxy.ServicePort, eps []*proxy.Endpoint) []iptables.Rule {
 	name := sp.Name.String()
-	var out []string
+	var out []iptables.Rule
 	if sp.SessionAffinityClientIP {
 		for _, ep := range eps {
 			sep := EndpointChainName(sp.Name, ep.String())
-			rl := &rule{}
+			rl := &iptables.RuleBuilder{}
 			if !r.large {
-				rl.comment(name + " -> " + ep.String())
+				rl.Comment(name + " -> " + ep.String())
 			}
-			rl.match("-m", "recent", "--rcheck", "--seconds", itoa(sp.StickyMaxAgeSeconds), "--reap", "--name", sep, "--mask", r.recentMask(), "--rsource")
-			out = append(out, rl.jump(sep).line())
+			rl.Match("-m", "recent", "--rcheck", "--seconds", itoa(sp.StickyMaxAgeSeconds), "--reap", "--name", sep, "--mask", r.recentMask(), "--rsource")
+			out = append(out, rl.Jump(sep).Rule())
 		}
 	}
 	for i, ep := range eps {
 		sep := EndpointChainName(sp.Name, ep.String())
-		rl := &rule{}
+		rl := &iptables.RuleBuilder{}
 		if !r.large {
-			rl.comment(name + " -> " + ep.String())
+			rl.Comment(name + " -> " + ep.String())
 		}
 		if i < len(eps)-1 {
-			rl.match("-m", "statistic", "--mode", "random", "--probability", probability(len(eps)-i))
+			rl.Match("-m", "statistic", "--mode", "random", "--probability", probability(len(eps)-i))
 		}
-		out = append(out, rl.jump(sep).line())
+		out = append(out, rl.Jump(sep).Rule())
 	}
 	return out
 }
@@ -807,21 +904,8 @@ func nfacctMatch(name string) []string {
 // Payload renders the whole ruleset as iptables-restore input (both
 // tables), as a full sync into empty tables would write it.
 func (rs *Ruleset) Payload() []byte {
-	var b strings.Builder
-	for _, t := range []struct {
-		name   string
-		chains []*Chain
-	}{{"filter", rs.Filter}, {"nat", rs.NAT}} {
-		b.WriteString("*" + t.name + "\n")
-		for _, c := range t.chains {
-			b.WriteString(":" + c.Name + " - [0:0]\n")
-		}
-		for _, c := range t.chains {
-			for _, r := range c.Rules {
-				b.WriteString("-A " + c.Name + " " + r + "\n")
-			}
-		}
-		b.WriteString("COMMIT\n")
-	}
-	return []byte(b.String())
+	var tx iptables.Transaction
+	tx.Rewrite(iptables.TableFilter, rs.Filter, nil)
+	tx.Rewrite(iptables.TableNAT, rs.NAT, nil)
+	return tx.Bytes()
 }

@@ -8,7 +8,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
-	rt "github.com/iptproxy/iptproxy/pkg/rules/rulestest"
+	rt "github.com/iptproxy/iptproxy/pkg/proxier/proxiertest"
 )
 
 // TestUpdates changes Services and slices one sync after another (partial

@@ -256,40 +256,11 @@ func (t *tracer) run(st *state, tbl *ruleset.Table, c *ruleset.Chain, from, dept
 		if err != nil {
 			return nil, t.ruleErr(step, err)
 		}
-		failed, err := t.matchBase(st, sp)
+		failed, alt, err := t.matchRule(st, tbl, c, i, depth, sp, &step)
 		if err != nil {
-			return nil, t.ruleErr(step, err)
+			return nil, err
 		}
-		for mi := 0; failed == "" && mi < len(sp.Matches); mi++ {
-			m := &sp.Matches[mi]
-			if m.Module != "statistic" {
-				if failed, err = t.matchExt(st, m); err != nil {
-					return nil, t.ruleErr(step, err)
-				}
-				continue
-			}
-			p, err := statisticProbability(m)
-			if err != nil {
-				return nil, t.ruleErr(step, err)
-			}
-			switch {
-			case p <= 0:
-				failed = "-m statistic (never matches)"
-			case p < 1:
-				alt := st.clone()
-				alt.prob *= 1 - p
-				skip := step
-				skip.Action, skip.Detail, skip.Branch = ActionSkip, "statistic: not taken", 1-p
-				alt.add(skip)
-				bs, err := t.run(alt, tbl, c, i+1, depth)
-				if err != nil {
-					return nil, err
-				}
-				deferred = append(deferred, bs...)
-				st.prob *= p
-				step.Branch = p
-			}
-		}
+		deferred = append(deferred, alt...)
 		if failed != "" {
 			if t.opts.Misses {
 				miss := step
@@ -299,34 +270,11 @@ func (t *tracer) run(st *state, tbl *ruleset.Table, c *ruleset.Chain, from, dept
 			continue
 		}
 		// The rule matched: apply its target.
-		target := sp.Target
-		if target != "" {
-			if tc := tbl.Chain(target); tc != nil && !tc.Builtin {
-				if sp.Goto {
-					step.Action, step.Detail = ActionGoto, target
-				} else {
-					step.Action, step.Detail = ActionJump, target
-				}
-				st.add(step)
-				sub, err := t.run(st, tbl, tc, 0, depth+1)
+		if sp.Target != "" {
+			if tc := tbl.Chain(sp.Target); tc != nil && !tc.Builtin {
+				out, err := t.jump(st, tbl, c, tc, i, depth, sp.Goto, step)
 				if err != nil {
 					return nil, err
-				}
-				if sp.Goto {
-					// A RETURN from the goto target returns from this chain.
-					return done(sub...)
-				}
-				var out []branch
-				for _, b := range sub {
-					if b.v != vReturn {
-						out = append(out, b)
-						continue
-					}
-					rest, err := t.run(b.st, tbl, c, i+1, depth)
-					if err != nil {
-						return nil, err
-					}
-					out = append(out, rest...)
 				}
 				return done(out...)
 			}
@@ -344,6 +292,77 @@ func (t *tracer) run(st *state, tbl *ruleset.Table, c *ruleset.Chain, from, dept
 		st.add(Step{Table: tbl.Name(), Chain: c.Name, Action: ActionReturn, Detail: "end of chain", Depth: depth})
 	}
 	return done(branch{st: st, v: vReturn})
+}
+
+// matchRule evaluates the matches of rule i of c: it returns why the rule
+// does not match ("" when it does). A statistic match with a probability
+// between 0 and 1 splits the trace: the branch where it is not taken goes
+// on after the rule, its outcomes returned as alt, and st continues with
+// the branch where it is (step.Branch set).
+func (t *tracer) matchRule(st *state, tbl *ruleset.Table, c *ruleset.Chain, i, depth int, sp *ruleset.Spec, step *Step) (failed string, alt []branch, err error) {
+	failed, err = t.matchBase(st, sp)
+	if err != nil {
+		return "", nil, t.ruleErr(*step, err)
+	}
+	for mi := 0; failed == "" && mi < len(sp.Matches); mi++ {
+		m := &sp.Matches[mi]
+		if m.Module != "statistic" {
+			if failed, err = t.matchExt(st, m); err != nil {
+				return "", nil, t.ruleErr(*step, err)
+			}
+			continue
+		}
+		p, err := statisticProbability(m)
+		if err != nil {
+			return "", nil, t.ruleErr(*step, err)
+		}
+		switch {
+		case p <= 0:
+			failed = "-m statistic (never matches)"
+		case p < 1:
+			skipped := st.clone()
+			skipped.prob *= 1 - p
+			skip := *step
+			skip.Action, skip.Detail, skip.Branch = ActionSkip, "statistic: not taken", 1-p
+			skipped.add(skip)
+			bs, err := t.run(skipped, tbl, c, i+1, depth)
+			if err != nil {
+				return "", nil, err
+			}
+			alt = append(alt, bs...)
+			st.prob *= p
+			step.Branch = p
+		}
+	}
+	return failed, alt, nil
+}
+
+// jump follows rule i of c to the user chain tc (a jump, or a goto): the
+// outcomes of tc, and for a jump, of the rest of c after each RETURN.
+func (t *tracer) jump(st *state, tbl *ruleset.Table, c, tc *ruleset.Chain, i, depth int, isGoto bool, step Step) ([]branch, error) {
+	step.Action, step.Detail = ActionJump, tc.Name
+	if isGoto {
+		step.Action = ActionGoto
+	}
+	st.add(step)
+	sub, err := t.run(st, tbl, tc, 0, depth+1)
+	if err != nil || isGoto {
+		// A RETURN from the goto target returns from this chain.
+		return sub, err
+	}
+	var out []branch
+	for _, b := range sub {
+		if b.v != vReturn {
+			out = append(out, b)
+			continue
+		}
+		rest, err := t.run(b.st, tbl, c, i+1, depth)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rest...)
+	}
+	return out, nil
 }
 
 func (t *tracer) ruleErr(step Step, err error) error {

@@ -1,71 +1,38 @@
 package scale
 
 import (
-	"bufio"
 	"net/netip"
 	"strings"
-)
 
-// splitRule splits an iptables-save rule line into its words, keeping a
-// double-quoted comment (with its escaped quotes) as one word.
-func splitRule(line string) []string {
-	var words []string
-	var cur strings.Builder
-	inQuote, escaped, have := false, false, false
-	for _, r := range line {
-		switch {
-		case escaped:
-			cur.WriteRune(r)
-			escaped = false
-		case inQuote && r == '\\':
-			escaped = true
-		case r == '"':
-			inQuote = !inQuote
-			have = true
-		case !inQuote && (r == ' ' || r == '\t'):
-			if have {
-				words = append(words, cur.String())
-				cur.Reset()
-				have = false
-			}
-		default:
-			cur.WriteRune(r)
-			have = true
-		}
-	}
-	if have {
-		words = append(words, cur.String())
-	}
-	return words
-}
+	"github.com/iptproxy/iptproxy/pkg/iptables"
+)
 
 // rule is what the benchmark needs from one "-A" line.
 type rule struct {
 	chain, dest, jump string
 }
 
-// parseRules returns the "-A" lines of iptables-save output.
+// parseRules returns the rules of iptables-save output, read with the
+// daemon's save reader. Lines it cannot read end the list.
 func parseRules(save string) []rule {
 	var out []rule
-	sc := bufio.NewScanner(strings.NewReader(save))
-	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "-A ") {
-			continue
+	_ = iptables.ReadSave(strings.NewReader(save), func(it iptables.SaveItem) error {
+		if !it.IsRule {
+			return nil
 		}
-		w := splitRule(line)
-		r := rule{chain: w[1]}
-		for i := 2; i+1 < len(w); i++ {
-			switch w[i] {
-			case "-d":
-				r.dest = w[i+1]
-			case "-j":
-				r.jump = w[i+1]
+		r := rule{chain: it.Chain}
+		if !it.Rule.Goto() {
+			r.jump = it.Rule.Target()
+		}
+		args := it.Rule.Args()
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "-d" {
+				r.dest = args[i+1]
 			}
 		}
 		out = append(out, r)
-	}
+		return nil
+	})
 	return out
 }
 

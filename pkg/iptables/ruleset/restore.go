@@ -473,31 +473,7 @@ func (x *tx) run(src tokenSource) error {
 	}
 	switch cmd {
 	case "-A", "-I", "-R", "-D", "-C":
-		num := 0
-		next, ok, err := src.peek()
-		if err != nil {
-			return err
-		}
-		if cmd != "-A" && cmd != "-C" && ok && isWord(next) {
-			_, _, _ = src.next()
-			if num, err = parseRuleNumber(next); err != nil {
-				return err
-			}
-		}
-		if cmd == "-R" && num == 0 {
-			return fmt.Errorf("-R needs a rule number: %w", ErrSyntax)
-		}
-		args, text, err := src.rule()
-		if err != nil {
-			return err
-		}
-		if cmd == "-D" && num > 0 {
-			if len(args) > 0 {
-				return fmt.Errorf("-D with a rule number takes no rule: %w", ErrSyntax)
-			}
-			return x.deleteRuleNum(chain, num)
-		}
-		return x.ruleCommand(cmd, chain, num, args, text)
+		return x.runRule(cmd, chain, src)
 	}
 	// The remaining commands take at most one more argument.
 	arg, hasArg, err := src.next()
@@ -517,6 +493,42 @@ func (x *tx) run(src tokenSource) error {
 			return fmt.Errorf("%s: unexpected argument %q: %w", cmd, arg, ErrSyntax)
 		}
 	}
+	return x.runChainCommand(cmd, chain, hasChain, arg)
+}
+
+// runRule runs a command on one rule of chain (-A, -I, -R, -D, -C): an
+// optional rule number, then the rule.
+func (x *tx) runRule(cmd, chain string, src tokenSource) error {
+	num := 0
+	next, ok, err := src.peek()
+	if err != nil {
+		return err
+	}
+	if cmd != "-A" && cmd != "-C" && ok && isWord(next) {
+		_, _, _ = src.next()
+		if num, err = parseRuleNumber(next); err != nil {
+			return err
+		}
+	}
+	if cmd == "-R" && num == 0 {
+		return fmt.Errorf("-R needs a rule number: %w", ErrSyntax)
+	}
+	args, text, err := src.rule()
+	if err != nil {
+		return err
+	}
+	if cmd == "-D" && num > 0 {
+		if len(args) > 0 {
+			return fmt.Errorf("-D with a rule number takes no rule: %w", ErrSyntax)
+		}
+		return x.deleteRuleNum(chain, num)
+	}
+	return x.ruleCommand(cmd, chain, num, args, text)
+}
+
+// runChainCommand runs a command on a chain (or, for -X, -F and -Z
+// without one, on every chain): -N, -X, -F, -Z, -P, -E.
+func (x *tx) runChainCommand(cmd, chain string, hasChain bool, arg string) error {
 	switch cmd {
 	case "-N":
 		if x.get(chain) != nil {

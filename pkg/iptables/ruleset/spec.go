@@ -285,6 +285,27 @@ func (s *Spec) addMatch(module string, implicit bool) {
 }
 
 // validate checks what the kernel and the extensions check when a rule is
+// validateMatchProto checks that a protocol match comes with its -p.
+func validateMatchProto(m Match, proto string) error {
+	switch m.Module {
+	case "tcp", "udp", "sctp", "icmp", "icmp6":
+		if protoModule(proto) != m.Module {
+			want := m.Module
+			if want == "icmp6" {
+				want = "icmpv6"
+			}
+			return syntaxf("only valid with \"-p %s\"", want)
+		}
+	case "multiport":
+		switch proto {
+		case "tcp", "udp", "udplite", "sctp", "dccp", "6", "17", "136", "132", "33":
+		default:
+			return syntaxf("multiport needs \"-p tcp\", \"-p udp\", \"-p udplite\", \"-p sctp\" or \"-p dccp\"")
+		}
+	}
+	return nil
+}
+
 // added, for the extensions this package knows.
 func (s *Spec) validate(opts Options) error {
 	proto := ""
@@ -331,21 +352,8 @@ func (s *Spec) validate(opts Options) error {
 }
 
 func validateMatch(m Match, proto string, opts Options) error {
-	switch m.Module {
-	case "tcp", "udp", "sctp", "icmp", "icmp6":
-		if protoModule(proto) != m.Module {
-			want := m.Module
-			if want == "icmp6" {
-				want = "icmpv6"
-			}
-			return syntaxf("only valid with \"-p %s\"", want)
-		}
-	case "multiport":
-		switch proto {
-		case "tcp", "udp", "udplite", "sctp", "dccp", "6", "17", "136", "132", "33":
-		default:
-			return syntaxf("multiport needs \"-p tcp\", \"-p udp\", \"-p udplite\", \"-p sctp\" or \"-p dccp\"")
-		}
+	if err := validateMatchProto(m, proto); err != nil {
+		return err
 	}
 	seen := 0
 	for _, o := range m.Options {

@@ -107,10 +107,38 @@ func (c *Cluster) startControlPlane(ctx context.Context, t T, extraArgs []string
 	hostV4, hostV6 := hostIPs()
 	advertise := byFamily(c.families, hostV4, hostV6)[0]
 	url := "https://" + netip.AddrPortFrom(advertise, APIServerPort).String()
-
-	ca, err := pki.NewCA("iptproxy-e2e-ca")
+	creds, err := c.writePKI(dir, url, hostV4, hostV6)
 	if err != nil {
 		return err
+	}
+	cp := &controlPlane{url: url, caPEM: creds.caPEM, adminKubecfg: creds.kubeconfig}
+	c.cp = cp
+
+	start := time.Now()
+	if err := c.startEtcd(ctx, cp, dir); err != nil {
+		return err
+	}
+	if err := c.startAPIServer(ctx, cp, dir, advertise, creds, extraArgs); err != nil {
+		return err
+	}
+	t.Logf("control plane of run %s ready at %s after %v", c.runID, url, time.Since(start).Round(100*time.Millisecond))
+	return nil
+}
+
+// controlPlaneCreds are the certificates the control plane's clients use.
+type controlPlaneCreds struct {
+	caPEM, adminCert, adminKey []byte
+	// kubeconfig is the admin kubeconfig's path.
+	kubeconfig string
+}
+
+// writePKI generates the CA, the apiserver's serving certificate, the
+// admin client certificate and the service-account key into dir, and
+// writes the admin kubeconfig for url.
+func (c *Cluster) writePKI(dir, url string, hostV4, hostV6 netip.Addr) (*controlPlaneCreds, error) {
+	ca, err := pki.NewCA("iptproxy-e2e-ca")
+	if err != nil {
+		return nil, err
 	}
 	svcV4, svcV6 := netip.MustParseAddr("198.19.0.1"), netip.MustParseAddr("fd00:198:19::1")
 	serving, err := ca.Issue(pki.CertOptions{
@@ -120,15 +148,15 @@ func (c *Cluster) startControlPlane(ctx context.Context, t T, extraArgs []string
 		Server:     true,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	admin, err := ca.Issue(pki.CertOptions{CommonName: "e2e-admin", Organizations: []string{"system:masters"}, Client: true})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	saKey, err := pki.NewSigningKey()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	files := map[string][]byte{
 		"ca.crt":        ca.CertPEM,
@@ -142,19 +170,20 @@ func (c *Cluster) startControlPlane(ctx context.Context, t T, extraArgs []string
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			return fmt.Errorf("writing %s: %w", name, err)
+			return nil, fmt.Errorf("writing %s: %w", name, err)
 		}
 	}
 	adminKubecfg := filepath.Join(c.dir, "admin.kubeconfig")
 	if err := writeKubeconfig(adminKubecfg, url, ca.CertPEM, "e2e-admin", &clientcmdapi.AuthInfo{ClientCertificateData: admin.CertPEM, ClientKeyData: admin.KeyPEM}); err != nil {
-		return err
+		return nil, err
 	}
-	cp := &controlPlane{url: url, caPEM: ca.CertPEM, adminKubecfg: adminKubecfg}
-	c.cp = cp
+	return &controlPlaneCreds{caPEM: ca.CertPEM, adminCert: admin.CertPEM, adminKey: admin.KeyPEM, kubeconfig: adminKubecfg}, nil
+}
 
-	// etcd, on the host namespace's loopback (so fixed ports never clash
-	// between runs).
-	start := time.Now()
+// startEtcd starts etcd on the host namespace's loopback (so fixed ports
+// never clash between runs) and waits until it is healthy.
+func (c *Cluster) startEtcd(ctx context.Context, cp *controlPlane, dir string) error {
+	var err error
 	cp.etcd, err = c.startProcess(c.host, "etcd", []string{
 		c.env.Etcd(),
 		"--name=e2e",
@@ -175,7 +204,12 @@ func (c *Cluster) startControlPlane(ctx context.Context, t T, extraArgs []string
 	}); err != nil {
 		return fmt.Errorf("etcd did not become healthy: %w", err)
 	}
+	return nil
+}
 
+// startAPIServer starts kube-apiserver and waits until it is ready and the
+// system namespaces exist.
+func (c *Cluster) startAPIServer(ctx context.Context, cp *controlPlane, dir string, advertise netip.Addr, creds *controlPlaneCreds, extraArgs []string) error {
 	families := make([]string, len(c.families))
 	for i, f := range c.families {
 		families[i] = byFamily([]v1.IPFamily{f}, ServiceCIDRIPv4, ServiceCIDRIPv6)[0]
@@ -201,16 +235,17 @@ func (c *Cluster) startControlPlane(ctx context.Context, t T, extraArgs []string
 		"--v=1",
 	}
 	cp.apiserverArgs = append(args, extraArgs...)
+	var err error
 	cp.apiserver, err = c.startProcess(c.host, "kube-apiserver", cp.apiserverArgs)
 	if err != nil {
 		return err
 	}
 	cp.adminConfig = &rest.Config{
-		Host: url,
+		Host: cp.url,
 		TLSClientConfig: rest.TLSClientConfig{
-			CAData:   ca.CertPEM,
-			CertData: admin.CertPEM,
-			KeyData:  admin.KeyPEM,
+			CAData:   creds.caPEM,
+			CertData: creds.adminCert,
+			KeyData:  creds.adminKey,
 		},
 		Dial:      c.dialer.DialContext,
 		QPS:       200,
@@ -237,7 +272,6 @@ func (c *Cluster) startControlPlane(ctx context.Context, t T, extraArgs []string
 	}); err != nil {
 		return fmt.Errorf("kube-apiserver did not become ready: %w", err)
 	}
-	t.Logf("control plane of run %s ready at %s after %v", c.runID, url, time.Since(start).Round(100*time.Millisecond))
 	return nil
 }
 

@@ -1,9 +1,9 @@
-// Package rulestest runs Services and EndpointSlices through iptproxy's
+// Package proxiertest runs Services and EndpointSlices through iptproxy's
 // sync path (pkg/proxy's tracker, pkg/rules' renderer, pkg/planner, the
 // jumps from the built-in chains) into the in-memory iptables of
-// pkg/iptables/testing, and traces packets through the result with
+// pkg/iptables/memory, and traces packets through the result with
 // pkg/trace. Tests assert where packets go, never the rule text.
-package rulestest
+package proxiertest
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/klog/v2/ktesting"
 
-	iptablestest "github.com/iptproxy/iptproxy/pkg/iptables/testing"
+	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
 	"github.com/iptproxy/iptproxy/pkg/proxier"
 	"github.com/iptproxy/iptproxy/pkg/rules"
 	"github.com/iptproxy/iptproxy/pkg/trace"
@@ -69,7 +69,7 @@ type Cluster struct {
 	t       testing.TB
 	ctx     context.Context
 	cfg     rules.Config
-	fake    *iptablestest.Fake
+	fake    *memory.Tables
 	proxier *proxier.Proxier
 	// node is what the tracer treats as local.
 	node trace.Node
@@ -80,7 +80,7 @@ type Cluster struct {
 func NewCluster(t testing.TB, cfg rules.Config, extraLocal []string, objs ...runtime.Object) *Cluster {
 	t.Helper()
 	logger, ctx := ktesting.NewTestContext(t)
-	fake := iptablestest.NewFake(cfg.Family)
+	fake := memory.New(cfg.Family)
 	c := &Cluster{
 		t: t, ctx: ctx, cfg: cfg, fake: fake,
 		proxier: proxier.New(logger, proxier.Options{Rules: cfg, IPTables: fake}),
@@ -107,7 +107,7 @@ func (c *Cluster) Apply(objs ...runtime.Object) {
 		case *discovery.EndpointSlice:
 			c.proxier.OnEndpointSliceUpdate(o, false)
 		default:
-			c.t.Fatalf("rulestest: cannot apply %T", o)
+			c.t.Fatalf("proxiertest: cannot apply %T", o)
 		}
 	}
 }
@@ -122,7 +122,7 @@ func (c *Cluster) Delete(objs ...runtime.Object) {
 		case *discovery.EndpointSlice:
 			c.proxier.OnEndpointSliceUpdate(o, true)
 		default:
-			c.t.Fatalf("rulestest: cannot delete %T", o)
+			c.t.Fatalf("proxiertest: cannot delete %T", o)
 		}
 	}
 }
@@ -139,8 +139,8 @@ func (c *Cluster) Sync() {
 // informers.
 func (c *Cluster) Proxier() *proxier.Proxier { return c.proxier }
 
-// Fake returns the fake iptables holding the rules.
-func (c *Cluster) Fake() *iptablestest.Fake { return c.fake }
+// Fake returns the in-memory tables holding the rules.
+func (c *Cluster) Fake() *memory.Tables { return c.fake }
 
 // Trace traces pkt, failing the test if the tracer cannot.
 func (c *Cluster) Trace(pkt trace.Packet) *trace.Result {

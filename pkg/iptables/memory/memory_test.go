@@ -1,4 +1,4 @@
-package testing_test
+package memory_test
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/iptproxy/iptproxy/pkg/iptables"
+	"github.com/iptproxy/iptproxy/pkg/iptables/memory"
 	"github.com/iptproxy/iptproxy/pkg/iptables/ruleset"
-	iptablestest "github.com/iptproxy/iptproxy/pkg/iptables/testing"
 	"github.com/iptproxy/iptproxy/pkg/trace"
 )
 
@@ -41,7 +41,7 @@ COMMIT
 `
 
 // installJumps does what the proxier does with the base chains.
-func installJumps(t *testing.T, f *iptablestest.Fake) {
+func installJumps(t *testing.T, f *memory.Tables) {
 	t.Helper()
 	ctx := context.Background()
 	jumps := []struct {
@@ -65,7 +65,7 @@ func installJumps(t *testing.T, f *iptablestest.Fake) {
 }
 
 func TestFakeStartsWithBuiltinChains(t *testing.T) {
-	f := iptablestest.NewFake(v1.IPv4Protocol)
+	f := memory.New(v1.IPv4Protocol)
 	ctx := context.Background()
 	want := map[iptables.Table]string{
 		iptables.TableFilter: "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
@@ -81,13 +81,13 @@ func TestFakeStartsWithBuiltinChains(t *testing.T) {
 	if _, err := f.Save(ctx, "raw"); !errors.Is(err, ruleset.ErrNoTable) {
 		t.Errorf("Save(raw) error = %v, want ErrNoTable", err)
 	}
-	if f.Family() != v1.IPv4Protocol || iptablestest.NewFake(v1.IPv6Protocol).Family() != v1.IPv6Protocol {
+	if f.Family() != v1.IPv4Protocol || memory.New(v1.IPv6Protocol).Family() != v1.IPv6Protocol {
 		t.Errorf("wrong families")
 	}
 }
 
 func TestFakeRestoreAndTrace(t *testing.T) {
-	f := iptablestest.NewFake(v1.IPv4Protocol)
+	f := memory.New(v1.IPv4Protocol)
 	ctx := context.Background()
 	installJumps(t, f)
 	if err := f.Restore(ctx, []byte(syncPayload)); err != nil {
@@ -159,7 +159,7 @@ func TestFakeRestoreErrors(t *testing.T) {
 			if family == "" {
 				family = v1.IPv4Protocol
 			}
-			f := iptablestest.NewFake(family)
+			f := memory.New(family)
 			if family == v1.IPv4Protocol {
 				if err := f.Restore(ctx, []byte(syncPayload)); err != nil {
 					t.Fatal(err)
@@ -193,7 +193,7 @@ func TestFakeRestoreErrors(t *testing.T) {
 
 func TestFakeFailNextRestore(t *testing.T) {
 	ctx := context.Background()
-	f := iptablestest.NewFake(v1.IPv4Protocol)
+	f := memory.New(v1.IPv4Protocol)
 	lock := &iptables.RestoreError{Command: "iptables-restore", ExitCode: 4, Output: "Another app is currently holding the xtables lock. Stopped waiting after 5s."}
 	f.FailNextRestore(nil)
 	f.FailNextRestore(lock)
@@ -228,7 +228,7 @@ func TestFakeFailNextRestore(t *testing.T) {
 
 func TestFakeChainsAndRules(t *testing.T) {
 	ctx := context.Background()
-	f := iptablestest.NewFake(v1.IPv4Protocol)
+	f := memory.New(v1.IPv4Protocol)
 	installJumps(t, f)
 
 	existed, err := f.EnsureChain(ctx, iptables.TableNAT, "KUBE-SERVICES")
@@ -293,7 +293,7 @@ func TestFakeChainsAndRules(t *testing.T) {
 
 func TestFakeRulesetIsASnapshot(t *testing.T) {
 	ctx := context.Background()
-	f := iptablestest.NewFake(v1.IPv4Protocol)
+	f := memory.New(v1.IPv4Protocol)
 	snap := f.Ruleset()
 	if err := f.Restore(ctx, []byte(syncPayload)); err != nil {
 		t.Fatal(err)
