@@ -88,6 +88,14 @@ func (c *Cluster) AddNode(t T, opts NodeOptions) *Node {
 }
 
 func (c *Cluster) setupNode(ctx context.Context, n *Node) error {
+	// A new namespace copies the host's IPv4 "all" and "default" settings;
+	// start from a fresh kernel's route_localnet, whatever a proxy on the
+	// host set there.
+	for _, k := range []string{"net.ipv4.conf.all.route_localnet", "net.ipv4.conf.default.route_localnet"} {
+		if err := n.SetSysctl(k, "0"); err != nil {
+			return err
+		}
+	}
 	for _, k := range []string{
 		"net.ipv4.ip_forward",
 		"net.ipv6.conf.all.forwarding",
