@@ -4,9 +4,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2/ktesting"
 )
 
@@ -148,20 +150,46 @@ func TestDetectBackend(t *testing.T) {
 		},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			installDetectFakes(t, dir, tc.backends, tc.saves)
-			_, ctx := ktesting.NewTestContext(t)
-			got, err := DetectBackend(ctx, WithBinDir(dir))
-			if tc.wantErr != nil {
-				if !errors.Is(err, tc.wantErr) {
-					t.Fatalf("DetectBackend() error = %v, want %v", err, tc.wantErr)
-				}
-				return
+		// Each case runs twice: nft's mangle chains looked up one by one
+		// (as in the kernel, here from the fake dumps), and with those
+		// lookups failing, from the dumps themselves.
+		for _, lookups := range []bool{true, false} {
+			name := tc.name + "/chain lookups"
+			if !lookups {
+				name = tc.name + "/dumps"
 			}
-			if err != nil || got != tc.want {
-				t.Errorf("DetectBackend() = %q, %v; want %q", got, err, tc.want)
-			}
-		})
+			t.Run(name, func(t *testing.T) {
+				detectCase(t, tc.backends, tc.saves, lookups, tc.want, tc.wantErr)
+			})
+		}
+	}
+}
+
+// detectCase runs DetectBackend over fake tools printing saves; lookups
+// says whether single-chain lookups in nft's tables work (answered from
+// the fake nft mangle dumps) or fail.
+func detectCase(t *testing.T, backends []Backend, saves map[string]string, lookups bool, want Backend, wantErr error) {
+	dir := t.TempDir()
+	installDetectFakes(t, dir, backends, saves)
+	_, ctx := ktesting.NewTestContext(t)
+	exists := func(fam v1.IPFamily, table Table, chain string) (bool, error) {
+		if !lookups {
+			return false, errors.New("no netlink here")
+		}
+		key := "iptables-nft-save.-t " + string(table)
+		if fam == v1.IPv6Protocol {
+			key = "ip6" + key
+		}
+		return slices.Contains(backends, BackendNFT) && strings.Contains(saves[key], "\n:"+chain+" "), nil
+	}
+	got, err := DetectBackend(ctx, WithBinDir(dir), func(o *options) { o.nftChainExists = exists })
+	if wantErr != nil {
+		if !errors.Is(err, wantErr) {
+			t.Fatalf("DetectBackend() error = %v, want %v", err, wantErr)
+		}
+		return
+	}
+	if err != nil || got != want {
+		t.Errorf("DetectBackend() = %q, %v; want %q", got, err, want)
 	}
 }

@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	v1 "k8s.io/api/core/v1"
 	"strconv"
 	"time"
 
@@ -20,6 +21,9 @@ type options struct {
 	logger *klog.Logger
 	// journal, when set, records the nft backend's commits.
 	journal *Journal
+	// nftChainExists answers DetectBackend's single-chain lookups in
+	// nft's tables; NFTChainExists when nil.
+	nftChainExists func(v1.IPFamily, Table, string) (bool, error)
 }
 
 func buildOptions(opts []Option) options {

@@ -78,3 +78,26 @@ func TestJournalTellsOwnWritesFromForeign(t *testing.T) {
 		last = now
 	}
 }
+
+// TestNFTChainExists asks the kernel for single chains of iptables-nft's
+// tables in a private namespace: present, absent, and in a table that
+// does not exist yet.
+func TestNFTChainExists(t *testing.T) {
+	kerneltest.Enter(t)
+	if err := iptables.Present(context.Background(), v1.IPv4Protocol, iptables.BackendNFT); err != nil {
+		t.Skipf("iptables-nft not usable here: %v", err)
+	}
+	check := func(fam v1.IPFamily, table iptables.Table, chain string, want bool) {
+		t.Helper()
+		got, err := iptables.NFTChainExists(fam, table, chain)
+		if err != nil || got != want {
+			t.Errorf("NFTChainExists(%s, %s, %s) = %v, %v; want %v", fam, table, chain, got, err, want)
+		}
+	}
+	check(v1.IPv4Protocol, iptables.TableMangle, "KUBE-IPTABLES-HINT", false) // no table yet
+	kerneltest.Run(t, "iptables-nft", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT")
+	check(v1.IPv4Protocol, iptables.TableMangle, "KUBE-IPTABLES-HINT", true)
+	check(v1.IPv4Protocol, iptables.TableMangle, "KUBE-PROXY-CANARY", false)
+	check(v1.IPv6Protocol, iptables.TableMangle, "KUBE-IPTABLES-HINT", false)
+	check(v1.IPv4Protocol, iptables.TableNAT, "KUBE-IPTABLES-HINT", false)
+}
