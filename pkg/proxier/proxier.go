@@ -447,8 +447,10 @@ func (p *Proxier) endSync(s *syncRun, err error) {
 		report.Error = err.Error()
 		p.needFull.Store(true)
 	} else if s.read {
-		// The record matches what was read plus iptproxy's own writes.
+		// The record matches what was read plus iptproxy's own writes;
+		// the drift check has nothing to read until someone else writes.
 		p.verified, p.verifiedOK = s.readAt, s.readOK
+		p.drift.foreign, p.drift.known = s.readAt, s.readOK
 	}
 	p.mu.Lock()
 	p.lastReport = *report
