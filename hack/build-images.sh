@@ -83,7 +83,7 @@ need_tool() {
 
 # layer <dir> <tar>: the tree as an image layer (numeric owners, no atime).
 layer() {
-  tar --numeric-owners --xattrs --sort=name --mtime=@0 -C "$1" \
+  tar --numeric-owner --xattrs --sort=name --mtime=@0 -C "$1" \
     --exclude=./.iptproxy-rootfs --exclude=./proc/* --exclude=./sys/* --exclude=./dev/* \
     -cf "$2" .
 }

@@ -267,6 +267,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         BinaryName = "$(command -v runc)"
+        Root = "${run_n}/runc"
         SystemdCgroup = false
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["/usr/lib/cni"]
@@ -411,7 +412,6 @@ setup_node2_netns() {
   ip -n "${node2_netns}" link set lo up
   ip -n "${node2_netns}" route add default via "${node2_link_net}.1"
   ip netns exec "${node2_netns}" sysctl -qw net.ipv4.ip_forward=1
-  sysctl -n net.ipv4.ip_forward >"${dir}/ip_forward.before"
   sysctl -qw net.ipv4.ip_forward=1
   mkdir -p "${run}/pids"
   setsid ip netns exec "${node2_netns}" unshare --mount --propagation slave sleep infinity </dev/null >/dev/null 2>&1 &
@@ -685,7 +685,11 @@ up() {
   ip="$(node_ip)"
   [[ -n "${ip}" ]] || die "no IPv4 address on a default route"
   mkdir -p "${dir}" "${run}"
-  iptables-save >"${dir}/iptables-before.nft" 2>/dev/null || true
+  # containerd's shims keep their sockets in /run/containerd/s whatever the
+  # configuration says: remove that directory on the way down if it is ours.
+  [[ -e /run/containerd ]] || touch "${dir}/run-containerd.ours"
+  # The bridge plugin turns IPv4 forwarding on (isGateway); put it back after.
+  sysctl -n net.ipv4.ip_forward >"${dir}/ip_forward.before"
   make_pki "${ip}"
   start_control_plane "${ip}"
   log "control plane up at https://${ip}:${api_port}"
@@ -816,6 +820,9 @@ down() {
     [[ -L "${f}" && "$(readlink "${f}")" == "${dir}/"* ]] && rm -f "${f}"
   done
   # 7. Files.
+  if [[ -f "${dir}/run-containerd.ours" ]]; then
+    rm -rf /run/containerd
+  fi
   if [[ -n "$(mounts_under "${dir}")$(mounts_under "${run}")" ]]; then
     mounts_under "${dir}" >&2
     mounts_under "${run}" >&2
