@@ -211,7 +211,8 @@ start_control_plane() {
     --authorization-mode=Node,RBAC \
     --service-cluster-ip-range="${service_cidr}" \
     --allow-privileged=true --profiling=false
-  wait_for kube-apiserver 60 k get --raw /readyz
+  wait_for kube-apiserver 90 curl -fsS --cacert "${dir}/pki/ca.crt" --cert "${dir}/pki/admin.crt" \
+    --key "${dir}/pki/admin.key" "https://${ip}:${api_port}/readyz"
   start kube-controller-manager "" "${tools}/kube-controller-manager" \
     --kubeconfig="${dir}/kube-controller-manager.kubeconfig" \
     --authentication-kubeconfig="${dir}/kube-controller-manager.kubeconfig" \
