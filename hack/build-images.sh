@@ -128,7 +128,7 @@ build_pause() {
   rm -rf "${tree}"
   mkdir -p "${tree}"
   install -m 0755 "${tools_dir}/pause" "${tree}/pause"
-  write_image pause "${tree}" -tag "$(e2e_image pause)" -entrypoint /pause
+  write_image pause "${tree}" -tag "$(e2e_image Pause)" -entrypoint /pause
   rm -rf "${tree}"
 }
 
@@ -165,7 +165,7 @@ build_agnhost() {
     chroot "${agnhost_rootfs}" groupadd -g 50000 group-defined-in-image
     chroot "${agnhost_rootfs}" usermod -a -G group-defined-in-image user-defined-in-image
   fi
-  write_image agnhost "${agnhost_rootfs}" -tag "$(e2e_image agnhost)" -entrypoint /agnhost -cmd pause
+  write_image agnhost "${agnhost_rootfs}" -tag "$(e2e_image Agnhost)" -tag "$(e2e_image AgnhostPrev)" -entrypoint /agnhost -cmd pause
 }
 
 build_busybox() {
@@ -183,7 +183,7 @@ build_busybox() {
   done
   echo 'root:x:0:0:root:/root:/bin/sh' >"${tree}/etc/passwd"
   echo 'root:x:0:' >"${tree}/etc/group"
-  write_image busybox "${tree}" -tag "$(e2e_image busybox)" -cmd sh
+  write_image busybox "${tree}" -tag "$(e2e_image BusyBox)" -cmd sh
   rm -rf "${tree}"
 }
 

@@ -210,6 +210,7 @@ start_control_plane() {
     --service-account-signing-key-file="${dir}/pki/sa.key" \
     --authorization-mode=Node,RBAC \
     --service-cluster-ip-range="${service_cidr}" \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
     --allow-privileged=true --profiling=false
   wait_for kube-apiserver 90 curl -fsS --cacert "${dir}/pki/ca.crt" --cert "${dir}/pki/admin.crt" \
     --key "${dir}/pki/admin.key" "https://${ip}:${api_port}/readyz"
@@ -258,10 +259,14 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "overlayfs"
   [plugins."io.containerd.cri.v1.images".pinned_images]
-    sandbox = "$(e2e_image pause)"
+    sandbox = "$(e2e_image Pause)"
 
 [plugins."io.containerd.cri.v1.runtime"]
   netns_mounts_under_state_dir = true
+  # Where /proc/self/oom_score_adj cannot be lowered (these machines), runc
+  # fails to start a critical pod (kubelet gives it -998); clamp the score
+  # at containerd's own instead.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
@@ -323,7 +328,7 @@ cgroupDriver: cgroupfs
 # pulled, and could not come back).
 cgroupsPerQOS: false
 cgroupRoot: /iptproxy-node-${n}
-enforceNodeAllocatable: []
+enforceNodeAllocatable: ["none"]
 evictionHard:
   memory.available: "0%"
   nodefs.available: "0%"
@@ -595,12 +600,12 @@ deploy_proxy() {
 
 smoke() {
   local agnhost
-  agnhost="$(e2e_image agnhost)"
+  agnhost="$(e2e_image Agnhost)"
   k create namespace smoke --dry-run=client -o yaml | k apply -f - >/dev/null
   k -n smoke create deployment echo --image="${agnhost}" --replicas=2 --port=8080 \
     --dry-run=client -o yaml -- /agnhost netexec --http-port=8080 | k apply -f - >/dev/null
   k -n smoke expose deployment echo --port=80 --target-port=8080 --dry-run=client -o yaml | k apply -f - >/dev/null
-  k -n smoke run client --image="${agnhost}" --restart=Never --dry-run=client -o yaml -- /agnhost pause | k apply -f - >/dev/null
+  k -n smoke run client --image="${agnhost}" --restart=Never --dry-run=client -o yaml -- pause | k apply -f - >/dev/null
   k -n smoke rollout status deployment/echo --timeout=120s
   k -n smoke wait --for=condition=Ready pod/client --timeout=120s >/dev/null
   local vip

@@ -20,13 +20,14 @@ k8s_version() {
   (cd "${root}/hack/tools/k8s" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
 }
 
-# e2e_image <name>: registry/name:tag of an image in the e2e framework's
-# manifest (test/utils/image/manifest.go) at the pinned version, for example
-# agnhost -> registry.k8s.io/e2e-test-images/agnhost:2.66.1.
+# e2e_image <key>: registry/name:tag of an image in the e2e framework's
+# manifest (test/utils/image/manifest.go) at the pinned version, by its key
+# there, for example Agnhost -> registry.k8s.io/e2e-test-images/agnhost:2.66.1
+# (AgnhostPrev is another agnhost).
 e2e_image() {
   local manifest line registry
   manifest="$(k8s_module_dir)/test/utils/image/manifest.go"
-  line="$(grep -E "^\s*configs\[[A-Za-z]+\] = Config\{list\.[A-Za-z0-9]+, \"$1\", \"[^\"]+\"\}" "${manifest}" | head -n 1)"
+  line="$(grep -E "^\s*configs\[$1\] = Config\{list\.[A-Za-z0-9]+, \"[^\"]+\", \"[^\"]+\"\}" "${manifest}" | head -n 1)"
   if [[ -z "${line}" ]]; then
     echo "images: $1 not found in ${manifest}" >&2
     return 1
@@ -39,5 +40,5 @@ e2e_image() {
       return 1
       ;;
   esac
-  echo "${registry}/$1:$(sed -E 's/.*"[^"]+", "([^"]+)"\}.*/\1/' <<<"${line}")"
+  echo "${registry}/$(sed -E 's/.*"([^"]+)", "([^"]+)"\}.*/\1:\2/' <<<"${line}")"
 }
