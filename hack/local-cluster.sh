@@ -634,16 +634,34 @@ swap() {
   agnhost="$(k -n smoke get pod client -o jsonpath='{.spec.containers[0].image}')"
   vip="$(k -n smoke get service echo -o jsonpath='{.spec.clusterIP}')"
   k -n smoke delete pod swap-client --ignore-not-found --wait=true >/dev/null
-  # One keep-alive connection (curl reuses it across the URLs) and a new
-  # connection per loop iteration, every 100 ms, with failures counted.
-  k -n smoke run swap-client --image="${agnhost}" --restart=Never --command -- /bin/bash -c "
-    ok=0; fail=0
+  # Every 100 ms: one request on a connection opened before the swap and
+  # kept open throughout (HTTP/1.1 keep-alive over bash's /dev/tcp), and one
+  # on a new connection (curl); failures of either are counted.
+  # shellcheck disable=SC2016 # expanded by the shell in the pod
+  k -n smoke run swap-client --image="${agnhost}" --restart=Never --command -- /bin/bash -c '
+    vip="$1"; ok=0; fail=0; kept=0; keptfail=0; cr="$(printf "\r")"
+    exec 3<>"/dev/tcp/${vip}/80"
+    # kept_request: GET /hostname on fd 3, the response read to its end.
+    kept_request() {
+      local line len=0
+      printf "GET /hostname HTTP/1.1\r\nHost: %s\r\n\r\n" "${vip}" >&3 || return 1
+      IFS= read -r -t 2 line <&3 || return 1
+      [[ "${line}" == "HTTP/1.1 200"* ]] || return 1
+      while IFS= read -r -t 2 line <&3; do
+        line="${line%"${cr}"}"
+        [[ -z "${line}" ]] && break
+        [[ "${line,,}" == content-length:* ]] && len="${line#*: }"
+      done
+      [[ "${len}" -eq 0 ]] || read -r -t 2 -N "${len}" line <&3
+    }
     while [[ ! -f /tmp/stop ]]; do
-      if curl -fsS --max-time 2 -o /dev/null -o /dev/null http://${vip}/hostname http://${vip}/hostname; then
-        ok=\$((ok + 1)); else fail=\$((fail + 1)); echo \"\$(date +%T.%N) request failed\"; fi
+      if kept_request; then kept=$((kept + 1)); else keptfail=$((keptfail + 1)); echo "$(date +%T.%N) kept-alive request failed"; fi
+      if curl -fsS --max-time 2 -o /dev/null "http://${vip}/hostname"; then
+        ok=$((ok + 1)); else fail=$((fail + 1)); echo "$(date +%T.%N) new-connection request failed"; fi
       sleep 0.1
     done
-    echo \"requests: ok=\${ok} failed=\${fail}\"; sleep 3600" >/dev/null
+    echo "requests: kept-alive connection ok=${kept} failed=${keptfail}, new connections ok=${ok} failed=${fail}"
+    sleep 3600' bash "${vip}" >/dev/null
   k -n smoke wait --for=condition=Ready pod/swap-client --timeout=120s >/dev/null
   sleep 5
   log "kubectl set image daemonset/kube-proxy kube-proxy=${image}"
@@ -654,11 +672,11 @@ swap() {
   sleep 3
   local result
   result="$(k -n smoke logs swap-client | tail -n 1)"
-  k -n smoke logs swap-client | grep 'request failed' || true
+  k -n smoke logs swap-client | grep 'request failed' >&2 || true
   log "during the swap: ${result}"
   k -n kube-system get pods -l k8s-app=kube-proxy -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}'
   k -n smoke delete pod swap-client --wait=false >/dev/null
-  [[ "${result}" == *"failed=0" ]] || die "requests failed during the swap: ${result}"
+  [[ "${result}" == *"ok="*"failed=0, "*"failed=0" ]] || die "requests failed during the swap: ${result}"
   echo "iptproxy" >"${dir}/proxy.kubeadm"
   log "swap passed"
 }
