@@ -420,12 +420,16 @@ setup_node2_netns() {
   ip netns exec "${node2_netns}" sysctl -qw net.ipv4.ip_forward=1
   sysctl -qw net.ipv4.ip_forward=1
   mkdir -p "${run}/pids"
-  setsid ip netns exec "${node2_netns}" unshare --mount --propagation slave sleep infinity </dev/null >/dev/null 2>&1 &
+  # Not "ip netns exec": it remounts /sys for the namespace, which hides the
+  # cgroup mounts kubelet needs (/sys/fs/cgroup); sysfs is only read here for
+  # what is the same in both namespaces, and /proc/sys/net follows the
+  # reader's network namespace.
+  setsid unshare --mount --propagation slave nsenter --net="/run/netns/${node2_netns}" sleep infinity </dev/null >/dev/null 2>&1 &
   local holder=$! child=""
   for _ in $(seq 1 50); do
     child="$(pgrep -P "${holder}" -x sleep || true)"
     [[ -n "${child}" ]] && break
-    # ip netns exec may exec unshare in place (same pid).
+    # setsid, unshare and nsenter exec in place: usually the same pid.
     if [[ "$(cat "/proc/${holder}/comm" 2>/dev/null)" == sleep ]]; then
       child="${holder}"
       break
