@@ -14,6 +14,7 @@
 #               in it (curl, nc, ip, dig, socat, bash), under the name and tag
 #               the e2e framework expects (test/utils/image/manifest.go)
 #   busybox     Debian's busybox-static as the e2e framework's busybox image
+#   coredns     the pinned CoreDNS build as registry.k8s.io/coredns/coredns:<version>
 #
 # The image format is go-containerregistry's (hack/tools/image); layers are
 # plain tar archives of the filesystem trees. Archives go to
@@ -21,7 +22,7 @@
 # that "ctr images import" and "docker load" read.
 #
 # Usage: hack/build-images.sh [--import <containerd socket>] [image...]
-#   images: iptproxy kube-proxy pause agnhost busybox (default: all)
+#   images: iptproxy kube-proxy pause agnhost busybox coredns (default: all)
 # Environment: IMAGE (iptproxy's reference, default ghcr.io/iptproxy/iptproxy:dev)
 set -o errexit -o nounset -o pipefail
 
@@ -49,7 +50,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 if [[ ${#wanted[@]} -eq 0 ]]; then
-  wanted=(iptproxy kube-proxy pause agnhost busybox)
+  wanted=(iptproxy kube-proxy pause agnhost busybox coredns)
 fi
 
 log() { echo "build-images: $*"; }
@@ -160,6 +161,9 @@ build_agnhost() {
   mkdir -p "${agnhost_rootfs}/uploads"
   install -m 0644 "${k8s_src}/test/images/agnhost/porter/localhost.crt" "${agnhost_rootfs}/localhost.crt"
   install -m 0644 "${k8s_src}/test/images/agnhost/porter/localhost.key" "${agnhost_rootfs}/localhost.key"
+  # Alpine's wget is busybox's; the e2e tests run "wget -q -O - -T 1".
+  install -m 0755 /bin/busybox "${agnhost_rootfs}/bin/busybox"
+  ln -sfn /bin/busybox "${agnhost_rootfs}/usr/bin/wget"
   if ! grep -q '^user-defined-in-image:' "${agnhost_rootfs}/etc/passwd"; then
     chroot "${agnhost_rootfs}" useradd -u 1000 -M user-defined-in-image
     chroot "${agnhost_rootfs}" groupadd -g 50000 group-defined-in-image
@@ -187,6 +191,17 @@ build_busybox() {
   rm -rf "${tree}"
 }
 
+build_coredns() {
+  need_tool coredns
+  local tree="${images_dir}/coredns-rootfs" version
+  version="$(cut -d' ' -f2 "${tools_dir}/coredns.version")"
+  rm -rf "${tree}"
+  mkdir -p "${tree}/etc/coredns" "${tree}/tmp"
+  install -m 0755 "${tools_dir}/coredns" "${tree}/coredns"
+  write_image coredns "${tree}" -tag "registry.k8s.io/coredns/coredns:${version}" -entrypoint /coredns
+  rm -rf "${tree}"
+}
+
 for i in "${wanted[@]}"; do
   case "${i}" in
     iptproxy) build_iptproxy ;;
@@ -194,6 +209,7 @@ for i in "${wanted[@]}"; do
     pause) build_pause ;;
     agnhost) build_agnhost ;;
     busybox) build_busybox ;;
+    coredns) build_coredns ;;
     *)
       echo "build-images: unknown image ${i} (see --help)" >&2
       exit 2

@@ -10,6 +10,9 @@
 #   e2e.test                                   module as kube-apiserver)
 #   pause                                      build/pause/linux/pause.c from
 #                                              the same k8s.io/kubernetes module
+#   coredns                                    github.com/coredns/coredns
+#                                              (hack/tools/coredns/go.mod), the
+#                                              cluster DNS the e2e tests need
 #
 # runc and the CNI plugins (bridge, host-local, loopback, portmap) come from
 # Debian (runc, containernetworking-plugins): hack/install-node-deps.sh.
@@ -19,7 +22,7 @@
 #
 # Usage: hack/build-node-tools.sh [--force] [component...]
 #   components: containerd kubelet kube-controller-manager kube-scheduler
-#               kubectl agnhost e2e.test pause (default: all)
+#               kubectl agnhost e2e.test pause coredns (default: all)
 set -o errexit -o nounset -o pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,7 +41,7 @@ for arg in "$@"; do
   esac
 done
 if [[ ${#wanted[@]} -eq 0 ]]; then
-  wanted=(containerd pause kubelet kube-controller-manager kube-scheduler kubectl agnhost e2e.test)
+  wanted=(containerd pause coredns kubelet kube-controller-manager kube-scheduler kubectl agnhost e2e.test)
 fi
 
 mkdir -p "${tools_dir}"
@@ -92,6 +95,21 @@ build_containerd() {
   done
 }
 
+build_coredns() {
+  local dir="${root}/hack/tools/coredns" version stamp
+  version="$(pinned_version "${dir}" github.com/coredns/coredns)"
+  stamp="github.com/coredns/coredns ${version}"
+  if up_to_date "${tools_dir}/coredns" "${stamp}"; then
+    log "coredns ${version} is up to date"
+    return
+  fi
+  log "building coredns ${version}"
+  local start=${SECONDS}
+  (cd "${dir}" && CGO_ENABLED=0 go build -p "${par}" -trimpath -ldflags "-s -w" -o "${tools_dir}/coredns" github.com/coredns/coredns)
+  echo "${stamp}" >"${tools_dir}/coredns.version"
+  log "coredns built in $((SECONDS - start))s"
+}
+
 # build_k8s_cmd <name> <package>: a command from k8s.io/kubernetes.
 build_k8s_cmd() {
   local name="$1" pkg="$2" stamp="k8s.io/kubernetes ${k8s_version}"
@@ -143,6 +161,7 @@ for c in "${wanted[@]}"; do
   case "${c}" in
     containerd) build_containerd ;;
     pause) build_pause ;;
+    coredns) build_coredns ;;
     kubelet | kube-controller-manager | kube-scheduler) build_k8s_cmd "${c}" "k8s.io/kubernetes/cmd/${c}" ;;
     kubectl) build_k8s_cmd kubectl k8s.io/kubernetes/cmd/kubectl ;;
     agnhost) build_k8s_cmd agnhost k8s.io/kubernetes/test/images/agnhost ;;

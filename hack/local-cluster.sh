@@ -51,6 +51,7 @@ cluster_cidr=10.244.0.0/16
 service_cidr=10.96.0.0/16
 api_port=6443
 etcd_port=12379
+dns_ip=10.96.0.10
 cni_bridge=iptp-cni0
 node2_netns=iptp-node-2
 node2_veth=iptp-n2
@@ -353,6 +354,7 @@ authentication:
 authorization:
   mode: AlwaysAllow
 clusterDomain: cluster.local
+clusterDNS: [${dns_ip}]
 resolvConf: /etc/resolv.conf
 serializeImagePulls: false
 maxPods: 110
@@ -387,7 +389,7 @@ start_node() {
   wait_for "containerd on ${name}" 30 "${tools}/ctr" --address "${run_n}/containerd/containerd.sock" version
   log "importing images into ${name}'s containerd"
   local i
-  for i in "${root}/_output/images/"{pause,agnhost,busybox,iptproxy,kube-proxy}.tar; do
+  for i in "${root}/_output/images/"{pause,agnhost,busybox,coredns,iptproxy,kube-proxy}.tar; do
     [[ -f "${i}" ]] || die "${i} missing; run hack/build-images.sh"
     "${tools}/ctr" --address "${run_n}/containerd/containerd.sock" -n k8s.io images import "${i}" >/dev/null
   done
@@ -599,6 +601,105 @@ deploy_proxy() {
   echo "$1" >"${dir}/proxy"
 }
 
+# deploy_dns: CoreDNS as kube-dns on ${dns_ip}, as kubeadm installs it (the
+# e2e tests reach Services by name). It talks to the API server directly,
+# so that it keeps working while the proxy is switched.
+deploy_dns() {
+  local version ip
+  version="$(cut -d' ' -f2 "${tools}/coredns.version")"
+  ip="$(node_ip)"
+  k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: coredns, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+- apiGroups: [""]
+  resources: [endpoints, services, pods, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects:
+- {kind: ServiceAccount, name: coredns, namespace: kube-system}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: coredns, namespace: kube-system}
+data:
+  Corefile: |
+    .:53 {
+        errors
+        health :8080
+        ready :8181
+        kubernetes cluster.local in-addr.arpa ip6.arpa {
+            pods insecure
+            fallthrough in-addr.arpa ip6.arpa
+            ttl 30
+        }
+        forward . /etc/resolv.conf
+        cache 30
+        loop
+        loadbalance
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  replicas: 1
+  selector: {matchLabels: {k8s-app: kube-dns}}
+  template:
+    metadata: {labels: {k8s-app: kube-dns}}
+    spec:
+      priorityClassName: system-cluster-critical
+      serviceAccountName: coredns
+      dnsPolicy: Default
+      tolerations: [{operator: Exists}]
+      containers:
+      - name: coredns
+        image: registry.k8s.io/coredns/coredns:${version}
+        imagePullPolicy: IfNotPresent
+        args: [-conf, /etc/coredns/Corefile]
+        env:
+        - {name: KUBERNETES_SERVICE_HOST, value: "${ip}"}
+        - {name: KUBERNETES_SERVICE_PORT, value: "${api_port}"}
+        ports:
+        - {containerPort: 53, name: dns, protocol: UDP}
+        - {containerPort: 53, name: dns-tcp, protocol: TCP}
+        readinessProbe:
+          httpGet: {path: /ready, port: 8181}
+          periodSeconds: 2
+        livenessProbe:
+          httpGet: {path: /health, port: 8080}
+          initialDelaySeconds: 30
+        volumeMounts:
+        - {name: config, mountPath: /etc/coredns, readOnly: true}
+      volumes:
+      - name: config
+        configMap: {name: coredns}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  clusterIP: ${dns_ip}
+  selector: {k8s-app: kube-dns}
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+EOF
+  k -n kube-system rollout status deployment/coredns --timeout=120s
+}
+
 # ----------------------------------------------------------------------------
 # Smoke test: a Deployment behind a Service, reached from a pod and the node.
 
@@ -729,6 +830,7 @@ up() {
   fi
   k wait --for=condition=Ready node --all --timeout=120s
   log "nodes Ready after $((SECONDS - start))s"
+  deploy_dns
   deploy_proxy "${proxy}"
   [[ "${proxy}" == none ]] || smoke
   log "cluster up in $((SECONDS - start))s: kubectl --kubeconfig ${dir}/admin.kubeconfig get pods -A"
