@@ -874,6 +874,11 @@ iptables_cleanup() {
   for cmd in iptables-nft ip6tables-nft iptables-legacy ip6tables-legacy; do
     command -v "${cmd}" >/dev/null || continue
     for t in nat filter mangle raw; do
+      # Listing a legacy table that does not exist creates it: look first.
+      case "${cmd}" in
+        iptables-legacy) grep -qx "${t}" /proc/net/ip_tables_names 2>/dev/null || continue ;;
+        ip6tables-legacy) grep -qx "${t}" /proc/net/ip6_tables_names 2>/dev/null || continue ;;
+      esac
       save="$("${cmd}-save" -t "${t}" 2>/dev/null)" || continue
       grep -qE 'KUBE-|CNI-' <<<"${save}" || continue
       # The table without our chains and every rule naming them, restored
