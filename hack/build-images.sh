@@ -134,8 +134,9 @@ build_pause() {
 }
 
 # agnhost's image is alpine with bind-tools, curl, netcat-openbsd, iproute2,
-# iperf, bash, util-linux-misc and socat; this is the Debian equivalent.
-agnhost_packages=curl,netcat-openbsd,iproute2,iputils-ping,bind9-dnsutils,bash,socat,iperf,util-linux,procps,ca-certificates
+# iperf, bash, util-linux-misc and socat, and busybox's wget; this is the
+# Debian equivalent (GNU wget: Debian's static busybox wget segfaults).
+agnhost_packages=curl,wget,netcat-openbsd,iproute2,iputils-ping,bind9-dnsutils,bash,socat,iperf,util-linux,procps,ca-certificates
 build_agnhost() {
   local want
   want="bookworm ${agnhost_packages}"
@@ -161,9 +162,6 @@ build_agnhost() {
   mkdir -p "${agnhost_rootfs}/uploads"
   install -m 0644 "${k8s_src}/test/images/agnhost/porter/localhost.crt" "${agnhost_rootfs}/localhost.crt"
   install -m 0644 "${k8s_src}/test/images/agnhost/porter/localhost.key" "${agnhost_rootfs}/localhost.key"
-  # Alpine's wget is busybox's; the e2e tests run "wget -q -O - -T 1".
-  install -m 0755 /bin/busybox "${agnhost_rootfs}/bin/busybox"
-  ln -sfn /bin/busybox "${agnhost_rootfs}/usr/bin/wget"
   if ! grep -q '^user-defined-in-image:' "${agnhost_rootfs}/etc/passwd"; then
     chroot "${agnhost_rootfs}" useradd -u 1000 -M user-defined-in-image
     chroot "${agnhost_rootfs}" groupadd -g 50000 group-defined-in-image
