@@ -450,6 +450,24 @@ route_pod_cidrs() {
   ip -n "${node2_netns}" route replace "${cidr1}" via "${node2_link_net}.1"
 }
 
+# isolate_service_cidr: traffic to the Service CIDR that no proxy rule
+# rewrote must not leave the machine. Where the default route leads to a
+# network that answers anything (these machines' uplink answers every TCP
+# connection to port 80 and more with an HTTP 404), it would make a Service
+# without rules look reachable, and the e2e tests that expect a Service to be
+# down fail with any proxy. It is rejected on the way out instead, in a chain
+# of ours (IPTP-LOCAL-CLUSTER, removed by "down"); proxied traffic has been
+# DNATed to a pod before it gets there.
+isolate_service_cidr() {
+  local dev
+  dev="$(ip -4 route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") print $(i + 1) }' | head -n 1)"
+  [[ -n "${dev}" ]] || return 0
+  iptables -N IPTP-LOCAL-CLUSTER
+  iptables -A IPTP-LOCAL-CLUSTER -d "${service_cidr}" -o "${dev}" -j REJECT
+  iptables -I OUTPUT -j IPTP-LOCAL-CLUSTER
+  iptables -I FORWARD -j IPTP-LOCAL-CLUSTER
+}
+
 # ----------------------------------------------------------------------------
 # Proxies, deployed as a user deploys them
 
@@ -820,6 +838,7 @@ up() {
   # The bridge plugin turns IPv4 forwarding on (isGateway); put it back after.
   sysctl -n net.ipv4.ip_forward >"${dir}/ip_forward.before"
   make_pki "${ip}"
+  isolate_service_cidr
   start_control_plane "${ip}"
   log "control plane up at https://${ip}:${api_port}"
   start_node 1 "${ip}" ""
@@ -866,9 +885,9 @@ mounts_under() {
   awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r
 }
 
-# iptables_cleanup: removes every KUBE-* and CNI-* rule and chain in every
-# table of both backends, which is what kubelet, the proxies and the CNI
-# plugins create, and nothing else.
+# iptables_cleanup: removes every KUBE-*, CNI-* and IPTP-LOCAL-* rule and
+# chain in every table of both backends, which is what kubelet, the proxies,
+# the CNI plugins and this script create, and nothing else.
 iptables_cleanup() {
   local cmd t save
   for cmd in iptables-nft ip6tables-nft iptables-legacy ip6tables-legacy; do
@@ -880,10 +899,10 @@ iptables_cleanup() {
         ip6tables-legacy) grep -qx "${t}" /proc/net/ip6_tables_names 2>/dev/null || continue ;;
       esac
       save="$("${cmd}-save" -t "${t}" 2>/dev/null)" || continue
-      grep -qE 'KUBE-|CNI-' <<<"${save}" || continue
+      grep -qE 'KUBE-|CNI-|IPTP-LOCAL-' <<<"${save}" || continue
       # The table without our chains and every rule naming them, restored
       # whole (atomic per table).
-      awk '/^:(KUBE-|CNI-)/ { next } /^-A / && /(KUBE-|CNI-)/ { next } { print }' <<<"${save}" |
+      awk '/^:(KUBE-|CNI-|IPTP-LOCAL-)/ { next } /^-A / && /(KUBE-|CNI-|IPTP-LOCAL-)/ { next } { print }' <<<"${save}" |
         "${cmd}-restore" || log "could not clean ${cmd} ${t}"
     done
   done
