@@ -14,6 +14,8 @@
 #               in it (curl, nc, ip, dig, socat, bash), under the name and tag
 #               the e2e framework expects (test/utils/image/manifest.go)
 #   busybox     Debian's busybox-static as the e2e framework's busybox image
+#   regression-issue-74839
+#               the Conntrack e2e test's server (test/images/regression-issue-74839)
 #   coredns     the pinned CoreDNS build as registry.k8s.io/coredns/coredns:<version>
 #
 # The image format is go-containerregistry's (hack/tools/image); layers are
@@ -22,7 +24,8 @@
 # that "ctr images import" and "docker load" read.
 #
 # Usage: hack/build-images.sh [--import <containerd socket>] [image...]
-#   images: iptproxy kube-proxy pause agnhost busybox coredns (default: all)
+#   images: iptproxy kube-proxy pause agnhost busybox coredns
+#           regression-issue-74839 (default: all)
 # Environment: IMAGE (iptproxy's reference, default ghcr.io/iptproxy/iptproxy:dev)
 set -o errexit -o nounset -o pipefail
 
@@ -50,7 +53,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 if [[ ${#wanted[@]} -eq 0 ]]; then
-  wanted=(iptproxy kube-proxy pause agnhost busybox coredns)
+  wanted=(iptproxy kube-proxy pause agnhost busybox coredns regression-issue-74839)
 fi
 
 log() { echo "build-images: $*"; }
@@ -200,6 +203,16 @@ build_coredns() {
   rm -rf "${tree}"
 }
 
+build_regression() {
+  need_tool regression-issue-74839
+  local tree="${images_dir}/regression-rootfs"
+  rm -rf "${tree}"
+  mkdir -p "${tree}"
+  install -m 0755 "${tools_dir}/regression-issue-74839" "${tree}/regression-issue-74839"
+  write_image regression-issue-74839 "${tree}" -tag "$(e2e_image RegressionIssue74839)" -entrypoint /regression-issue-74839
+  rm -rf "${tree}"
+}
+
 for i in "${wanted[@]}"; do
   case "${i}" in
     iptproxy) build_iptproxy ;;
@@ -208,6 +221,7 @@ for i in "${wanted[@]}"; do
     agnhost) build_agnhost ;;
     busybox) build_busybox ;;
     coredns) build_coredns ;;
+    regression-issue-74839) build_regression ;;
     *)
       echo "build-images: unknown image ${i} (see --help)" >&2
       exit 2

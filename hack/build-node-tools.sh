@@ -10,6 +10,8 @@
 #   e2e.test                                   module as kube-apiserver)
 #   pause                                      build/pause/linux/pause.c from
 #                                              the same k8s.io/kubernetes module
+#   regression-issue-74839                     test/images/regression-issue-74839
+#                                              (the Conntrack e2e test's server)
 #   coredns                                    github.com/coredns/coredns
 #                                              (hack/tools/coredns/go.mod), the
 #                                              cluster DNS the e2e tests need
@@ -22,7 +24,8 @@
 #
 # Usage: hack/build-node-tools.sh [--force] [component...]
 #   components: containerd kubelet kube-controller-manager kube-scheduler
-#               kubectl agnhost e2e.test pause coredns (default: all)
+#               kubectl agnhost e2e.test pause coredns
+#               regression-issue-74839 (default: all)
 set -o errexit -o nounset -o pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +44,7 @@ for arg in "$@"; do
   esac
 done
 if [[ ${#wanted[@]} -eq 0 ]]; then
-  wanted=(containerd pause coredns kubelet kube-controller-manager kube-scheduler kubectl agnhost e2e.test)
+  wanted=(containerd pause coredns kubelet kube-controller-manager kube-scheduler kubectl agnhost regression-issue-74839 e2e.test)
 fi
 
 mkdir -p "${tools_dir}"
@@ -165,6 +168,10 @@ for c in "${wanted[@]}"; do
     kubelet | kube-controller-manager | kube-scheduler) build_k8s_cmd "${c}" "k8s.io/kubernetes/cmd/${c}" ;;
     kubectl) build_k8s_cmd kubectl k8s.io/kubernetes/cmd/kubectl ;;
     agnhost) build_k8s_cmd agnhost k8s.io/kubernetes/test/images/agnhost ;;
+    regression-issue-74839)
+      # Static: its image has nothing else in it.
+      CGO_ENABLED=0 build_k8s_cmd regression-issue-74839 k8s.io/kubernetes/test/images/regression-issue-74839
+      ;;
     e2e.test) build_e2e ;;
     *)
       echo "build-node-tools: unknown component ${c} (see --help)" >&2

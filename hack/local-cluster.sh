@@ -389,7 +389,7 @@ start_node() {
   wait_for "containerd on ${name}" 30 "${tools}/ctr" --address "${run_n}/containerd/containerd.sock" version
   log "importing images into ${name}'s containerd"
   local i
-  for i in "${root}/_output/images/"{pause,agnhost,busybox,coredns,iptproxy,kube-proxy}.tar; do
+  for i in "${root}/_output/images/"{pause,agnhost,busybox,coredns,regression-issue-74839,iptproxy,kube-proxy}.tar; do
     [[ -f "${i}" ]] || die "${i} missing; run hack/build-images.sh"
     "${tools}/ctr" --address "${run_n}/containerd/containerd.sock" -n k8s.io images import "${i}" >/dev/null
   done

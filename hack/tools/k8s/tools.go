@@ -17,6 +17,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
 	_ "k8s.io/kubernetes/test/images/agnhost"
+	_ "k8s.io/kubernetes/test/images/regression-issue-74839"
 
 	// What test/e2e's e2e_test.go imports.
 	_ "github.com/onsi/ginkgo/v2"
