@@ -17,7 +17,9 @@
 # Environment: CONFORMANCE_PROXIES (default "iptproxy kube-proxy"),
 # CONFORMANCE_PROCS (parallel ginkgo processes, default 4), CONFORMANCE_FOCUS
 # and CONFORMANCE_SKIP (override the regular expressions),
-# CONFORMANCE_DOC (default docs/conformance.md; "" to not write it).
+# CONFORMANCE_DOC (default docs/conformance.md; "" to not write it),
+# CONFORMANCE_REPORT_ONLY=1 (no run: the table and summaries from the last
+# run's results in _output/conformance).
 set -o errexit -o nounset -o pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,17 +36,19 @@ skip="${CONFORMANCE_SKIP:-\[Serial\]|\[Disruptive\]|\[Flaky\]|\[Feature:|DNS}"
 
 log() { echo "conformance: $(date +%T) $*"; }
 
-"${root}/hack/build-node-tools.sh" e2e.test
+report_only=false
+[[ "${CONFORMANCE_REPORT_ONLY:-}" != 1 ]] || report_only=true
+${report_only} || "${root}/hack/build-node-tools.sh" e2e.test
 # The ginkgo CLI runs the specs in parallel processes; same pinned module.
 ginkgo_version="$(cd "${root}/hack/tools/k8s" && go list -m -f '{{.Version}}' github.com/onsi/ginkgo/v2)"
-if [[ ! -x "${tools}/ginkgo" || "$(cat "${tools}/ginkgo.version" 2>/dev/null)" != "github.com/onsi/ginkgo/v2 ${ginkgo_version}" ]]; then
+if ! ${report_only} && [[ ! -x "${tools}/ginkgo" || "$(cat "${tools}/ginkgo.version" 2>/dev/null)" != "github.com/onsi/ginkgo/v2 ${ginkgo_version}" ]]; then
   log "building ginkgo ${ginkgo_version}"
   (cd "${root}/hack/tools/k8s" && go build -trimpath -o "${tools}/ginkgo" github.com/onsi/ginkgo/v2/ginkgo)
   echo "github.com/onsi/ginkgo/v2 ${ginkgo_version}" >"${tools}/ginkgo.version"
 fi
 
 brought_up=false
-if [[ ! -f "${dir}/admin.kubeconfig" ]]; then
+if ! ${report_only} && [[ ! -f "${dir}/admin.kubeconfig" ]]; then
   start=${SECONDS}
   "${root}/hack/local-cluster.sh" up --nodes "${nodes}" --proxy none
   log "cluster up in $((SECONDS - start))s"
@@ -58,6 +62,9 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "${out}"
+if ! ${report_only}; then
+  echo "$(date -u +%Y-%m-%d) $(git -C "${root}" describe --always --dirty 2>/dev/null || echo unknown)" >"${out}/run"
+fi
 # run_e2e <proxy>: deploys the proxy, runs the focused specs, and writes
 # ${out}/<proxy>.tsv: one "status<TAB>name" line per spec that the focus
 # selects (passed, failed or skipped at run time).
@@ -76,6 +83,7 @@ run_e2e() {
     --kubeconfig="${dir}/admin.kubeconfig" \
     --kubectl-path="${tools}/kubectl" \
     --provider=skeleton \
+    --num-nodes="$(k_nodes)" \
     --report-dir="${report}" \
     --dump-logs-on-failure=false \
     --e2e-output-dir="${report}" \
@@ -106,14 +114,19 @@ summary() {
   awk -F '\t' '{ n[$1]++ } END { printf "%d passed, %d failed, %d skipped\n", n["passed"], n["failed"] + n["timedout"] + n["panicked"] + n["interrupted"], n["skipped"] }' "${out}/$1.tsv"
 }
 
-for p in ${proxies}; do
-  run_e2e "${p}"
-done
+if ! ${report_only}; then
+  for p in ${proxies}; do
+    run_e2e "${p}"
+  done
+fi
 
 write_doc() {
   local commit date
   commit="$(git -C "${root}" describe --always --dirty 2>/dev/null || echo unknown)"
   date="$(date -u +%Y-%m-%d)"
+  if ${report_only} && [[ -f "${out}/run" ]]; then
+    read -r date commit <"${out}/run"
+  fi
   {
     echo "# Conformance: Kubernetes' Service e2e tests, iptproxy and kube-proxy"
     echo
@@ -143,7 +156,11 @@ write_doc() {
 }
 
 k_nodes() {
-  "${tools}/kubectl" --kubeconfig "${dir}/admin.kubeconfig" get nodes --no-headers 2>/dev/null | wc -l
+  if [[ -f "${out}/nodes" ]] && ${report_only}; then
+    cat "${out}/nodes"
+    return
+  fi
+  "${tools}/kubectl" --kubeconfig "${dir}/admin.kubeconfig" get nodes --no-headers 2>/dev/null | wc -l | tee "${out}/nodes"
 }
 
 [[ -z "${doc}" ]] || write_doc
