@@ -62,6 +62,14 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "${out}"
+# k_nodes: the number of nodes (remembered for CONFORMANCE_REPORT_ONLY).
+k_nodes() {
+  if [[ -f "${out}/nodes" ]] && ${report_only}; then
+    cat "${out}/nodes"
+    return
+  fi
+  "${tools}/kubectl" --kubeconfig "${dir}/admin.kubeconfig" get nodes --no-headers 2>/dev/null | wc -l | tee "${out}/nodes"
+}
 if ! ${report_only}; then
   echo "$(date -u +%Y-%m-%d) $(git -C "${root}" describe --always --dirty 2>/dev/null || echo unknown)" >"${out}/run"
 fi
@@ -155,13 +163,6 @@ write_doc() {
   log "wrote ${doc}"
 }
 
-k_nodes() {
-  if [[ -f "${out}/nodes" ]] && ${report_only}; then
-    cat "${out}/nodes"
-    return
-  fi
-  "${tools}/kubectl" --kubeconfig "${dir}/admin.kubeconfig" get nodes --no-headers 2>/dev/null | wc -l | tee "${out}/nodes"
-}
 
 [[ -z "${doc}" ]] || write_doc
 # Specs that pass with kube-proxy and not with iptproxy.
