@@ -106,7 +106,7 @@ func run(o options) error {
 	}
 	refs := make(map[name.Reference]v1.Image, len(o.tags))
 	for _, t := range o.tags {
-		ref, err := name.NewTag(t, name.StrictValidation)
+		ref, err := name.NewTag(t, name.WeakValidation)
 		if err != nil {
 			return fmt.Errorf("parsing tag %q: %w", t, err)
 		}
