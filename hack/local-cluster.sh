@@ -415,6 +415,9 @@ setup_node2_netns() {
   ip link add "${node2_veth}" type veth peer name eth0 netns "${node2_netns}"
   ip addr add "${node2_link_net}.1/24" dev "${node2_veth}"
   ip link set "${node2_veth}" up
+  # Node 1 talks to node 2 from its node IP, as nodes on one network do
+  # (the e2e tests compare the client IP a NodePort sees with the node's).
+  ip route replace "${node2_link_net}.0/24" dev "${node2_veth}" src "$(node_ip)"
   ip -n "${node2_netns}" addr add "${node2_link_net}.2/24" dev eth0
   ip -n "${node2_netns}" link set eth0 up
   ip -n "${node2_netns}" link set lo up
