@@ -70,7 +70,7 @@ oci_image_tool() {
   local bin="${tools_dir}/oci-image" stamp
   stamp="$(cd "${root}/hack/tools/image" && go list -m -f '{{.Path}} {{.Version}}' github.com/google/go-containerregistry) $(sha256sum "${root}/hack/tools/image/main.go" | cut -c1-12)"
   if [[ ! -x "${bin}" || ! -f "${bin}.version" || "$(cat "${bin}.version")" != "${stamp}" ]]; then
-    log "building oci-image (${stamp})"
+    log "building oci-image (${stamp})" >&2
     (cd "${root}/hack/tools/image" && CGO_ENABLED=0 go build -trimpath -o "${bin}" .)
     echo "${stamp}" >"${bin}.version"
   fi
