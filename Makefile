@@ -62,9 +62,10 @@ test: deps tools-and-build
 demo:
 	hack/demo.sh $(DEMO_ARGS)
 
-## image: build the container image with Docker (IMAGE=iptproxy:dev)
+## image: build the container image with Docker (IMAGE=iptproxy:dev); without a Docker engine, an archive in _output/images/iptproxy.tar (hack/build-images.sh)
 image:
-	docker build -t $(IMAGE) --build-arg VERSION=$(VERSION) .
+	if docker info >/dev/null 2>&1; then docker build -t $(IMAGE) --build-arg VERSION=$(VERSION) .; \
+	else echo "image: no Docker engine; building the archive with hack/build-images.sh"; $(MAKE) build && IMAGE=$(IMAGE) hack/build-images.sh iptproxy; fi
 
 ## image-rootfs: assemble the image's filesystem without Docker (debootstrap, cached in _output/rootfs) and check bin/iptproxy in it
 image-rootfs: build
@@ -73,6 +74,28 @@ image-rootfs: build
 ## check-image: image-rootfs, skipped with a message where it cannot run (not root, no namespaces)
 check-image: build
 	hack/image-rootfs.sh --skip-if-unsupported
+
+.PHONY: node-tools images cluster cluster-down conformance
+## node-tools: build containerd, kubelet, kube-controller-manager, kube-scheduler, kubectl, agnhost, e2e.test and pause, pinned (cached)
+node-tools: tools
+	hack/install-node-deps.sh
+	hack/build-node-tools.sh
+
+## images: image archives without Docker (iptproxy, kube-proxy, pause, agnhost, busybox) in _output/images
+images: build node-tools
+	hack/build-images.sh
+
+## cluster: a real local cluster (control plane, containerd, kubelet, bridge CNI) running iptproxy from deploy/ (CLUSTER_ARGS="--nodes 2")
+cluster: node-tools images
+	IPTPROXY_SKIP_BUILD=1 hack/local-cluster.sh up $(CLUSTER_ARGS)
+
+## cluster-down: stop and remove the local cluster and everything it left on the machine
+cluster-down:
+	hack/local-cluster.sh down
+
+## conformance: Kubernetes' Service e2e tests on the local cluster, with iptproxy and with kube-proxy; table in docs/conformance.md
+conformance: node-tools images
+	IPTPROXY_SKIP_BUILD=1 hack/conformance.sh
 
 ## kind-up: a kind cluster without kube-proxy, running iptproxy:dev, smoke-tested
 kind-up:

@@ -99,7 +99,7 @@ block_scalar config.conf <"${out_dir}/kubeadm-kube-proxy.yaml" | diff -q - "${wo
   fail "kustomize changed kubeadm's config.conf"
 
 # Against upstream, when its source is in the module cache.
-k8s_version="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' hack/tools/k8s/go.mod)"
+k8s_version="$(awk '($1 == "require" && $2 == "k8s.io/kubernetes") { print $3 } ($1 == "k8s.io/kubernetes" && $2 ~ /^v/) { print $2 }' hack/tools/k8s/go.mod | head -n 1)"
 k8s_src="$(go env GOMODCACHE)/k8s.io/kubernetes@${k8s_version}"
 if [[ -z "${k8s_version}" || ! -d "${k8s_src}" ]]; then
   echo "verify-manifests: k8s.io/kubernetes ${k8s_version:-?} not in the module cache (make tools fetches it); skipping the upstream comparisons"

@@ -1,0 +1,14 @@
+module github.com/iptproxy/iptproxy/hack/tools/image
+
+// oci-image: OCI image archives from a filesystem tree without Docker, with
+// go-containerregistry; see hack/build-images.sh.
+
+go 1.26.0
+
+require github.com/google/go-containerregistry v0.22.1
+
+require (
+	github.com/klauspost/compress v1.19.2 // indirect
+	github.com/opencontainers/go-digest v1.0.0 // indirect
+	github.com/opencontainers/image-spec v1.1.1 // indirect
+)
