@@ -840,6 +840,8 @@ up() {
   [[ -e /run/containerd ]] || touch "${dir}/run-containerd.ours"
   # The bridge plugin turns IPv4 forwarding on (isGateway); put it back after.
   sysctl -n net.ipv4.ip_forward >"${dir}/ip_forward.before"
+  # The proxy turns route_localnet on for localhost NodePorts; same.
+  sysctl -n net.ipv4.conf.all.route_localnet >"${dir}/route_localnet.before"
   make_pki "${ip}"
   isolate_service_cidr
   start_control_plane "${ip}"
@@ -971,6 +973,9 @@ down() {
   iptables_cleanup
   if [[ -f "${dir}/ip_forward.before" ]]; then
     sysctl -qw "net.ipv4.ip_forward=$(cat "${dir}/ip_forward.before")"
+  fi
+  if [[ -f "${dir}/route_localnet.before" ]]; then
+    sysctl -qw "net.ipv4.conf.all.route_localnet=$(cat "${dir}/route_localnet.before")"
   fi
   # kubelet's container log symlinks that point into the cluster's directory.
   for f in /var/log/containers/*.log; do
