@@ -17,12 +17,10 @@ const driftCostFactor = 10
 // driftLogLimit is how many drifted chains a log line names.
 const driftLogLimit = 20
 
-// driftState is what the drift checks remember between ticks.
+// driftState is what the drift checks remember between ticks (whether
+// anyone else wrote since the last check or full sync is
+// Proxier.kernelMatchesRecord's business).
 type driftState struct {
-	// foreign is the backend's count of foreign writes when the last
-	// check began; known is false when the backend cannot tell.
-	foreign uint64
-	known   bool
 	// next is the earliest time of the next check (see driftCostFactor).
 	next time.Time
 }
@@ -41,17 +39,13 @@ func (p *Proxier) checkDrift(ctx context.Context) {
 		return
 	}
 	start := p.now()
+	if p.kernelMatchesRecord() || start.Before(p.drift.next) {
+		return
+	}
 	foreign, known := p.foreign()
-	if known && p.drift.known && foreign == p.drift.foreign {
-		return
-	}
-	if start.Before(p.drift.next) {
-		return
-	}
 	saves, drifted, err := p.compareKernel(ctx)
 	elapsed := p.now().Sub(start)
-	p.drift = driftState{foreign: foreign, known: known && err == nil,
-		next: start.Add(driftCostFactor * elapsed)}
+	p.drift = driftState{next: start.Add(driftCostFactor * elapsed)}
 	if m := p.opts.Metrics; m != nil {
 		fam := string(p.family)
 		m.DriftChecksTotal.WithLabelValues(fam).Inc()

@@ -450,7 +450,6 @@ func (p *Proxier) endSync(s *syncRun, err error) {
 		// The record matches what was read plus iptproxy's own writes;
 		// the drift check has nothing to read until someone else writes.
 		p.verified, p.verifiedOK = s.readAt, s.readOK
-		p.drift.foreign, p.drift.known = s.readAt, s.readOK
 	}
 	p.mu.Lock()
 	p.lastReport = *report
