@@ -6,9 +6,19 @@
 # and appends one line to $IPTPROXY_BENCH_RESTORE_LOG:
 #   <start> <end> <bytes> <exit code> <name it was called by>
 # with times as $EPOCHREALTIME. Its exit status is the real tool's.
+#
+# Called as "nft" it stands in for nft (kube-proxy's nftables mode runs
+# "nft -f -" through knftables for every transaction): a transaction is
+# logged the same way, named "nft", or "nft-ip6" when the payload's first
+# line names an ip6 table; everything else (listings, --check, --version)
+# runs the real nft as is.
 set -o nounset
 export LC_ALL=C
 real="$(readlink "$0.real")" || { echo "restore-shim: $0.real is missing" >&2; exit 2; }
+name="${0##*/}"
+if [[ "${name}" == nft && ($# -ne 2 || "$1" != "-f" || "$2" != "-") ]]; then
+  exec "${real}" "$@"
+fi
 log="${IPTPROXY_BENCH_RESTORE_LOG:?restore-shim: IPTPROXY_BENCH_RESTORE_LOG is not set}"
 payload="$(mktemp)" || exit 2
 # "<log>.running.<pid>" exists while the real tool runs (the harness waits
@@ -19,6 +29,9 @@ trap 'rm -f "${payload}" "${marker}"' EXIT
 start="${EPOCHREALTIME}"
 cat >"${payload}"
 bytes="$(stat -c %s "${payload}")"
+if [[ "${name}" == nft ]] && head -n 1 "${payload}" | grep -q ' ip6 '; then
+  name=nft-ip6
+fi
 rc=0
 "${real}" "$@" <"${payload}" || rc=$?
 end="${EPOCHREALTIME}"
@@ -27,5 +40,5 @@ end="${EPOCHREALTIME}"
 if [[ -n "${IPTPROXY_BENCH_KEEP:-}" && "${bytes}" -ge 1000000 ]]; then
   cp "${payload}" "${IPTPROXY_BENCH_KEEP}/${0##*/}-${start}.txt" || true
 fi
-printf '%s %s %s %s %s\n' "${start}" "${end}" "${bytes}" "${rc}" "${0##*/}" >>"${log}"
+printf '%s %s %s %s %s\n' "${start}" "${end}" "${bytes}" "${rc}" "${name}" >>"${log}"
 exit "${rc}"

@@ -8,11 +8,10 @@ import (
 	"strings"
 )
 
+// restoreShim stands in for the restore tools and for nft.
+//
 //go:embed restore-shim.sh
 var restoreShim []byte
-
-//go:embed nft-shim.sh
-var nftShim []byte
 
 // EnvRestoreLog is the variable that tells the restore shim where to log.
 const EnvRestoreLog = "IPTPROXY_BENCH_RESTORE_LOG"
@@ -73,7 +72,7 @@ func InstallTools(dir, backend, realDir string) (ToolDir, error) {
 	}
 	if realNFT := filepath.Join(realDir, "nft"); fileExists(realNFT) {
 		shim := filepath.Join(dir, "nft")
-		if err := os.WriteFile(shim, nftShim, 0o755); err != nil {
+		if err := os.WriteFile(shim, restoreShim, 0o755); err != nil {
 			return ToolDir{}, fmt.Errorf("writing %s: %w", shim, err)
 		}
 		if err := os.Symlink(realNFT, shim+".real"); err != nil {
