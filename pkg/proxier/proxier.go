@@ -487,9 +487,10 @@ func (p *Proxier) readKernel(ctx context.Context, s *syncRun) error {
 	saved := map[iptables.Table]*iptables.SavedTable{}
 	early := p.takeEarlySaves(ctx)
 	s.read = true
-	s.readAt, s.readOK = p.foreign()
 	if early != nil {
 		s.readAt, s.readOK = early.foreign, early.known
+	} else {
+		s.readAt, s.readOK = p.foreign()
 	}
 	for _, t := range []iptables.Table{iptables.TableFilter, iptables.TableNAT} {
 		st, err := early.get(ctx, p.opts.IPTables, t)
