@@ -51,10 +51,8 @@ mkdir -p "${tools_dir}"
 tools_dir="$(cd "${tools_dir}" && pwd)"
 log() { echo "build-node-tools: $*"; }
 
-# pinned_version <module dir> <module path>: the version go.mod requires.
-pinned_version() {
-  (cd "$1" && go list -m -f '{{.Version}}' "$2")
-}
+# shellcheck source=hack/lib/tools.sh
+source "${root}/hack/lib/tools.sh"
 
 # up_to_date <binary> <stamp text>: the binary exists with that stamp.
 up_to_date() {
@@ -63,14 +61,6 @@ up_to_date() {
 
 k8s_dir="${root}/hack/tools/k8s"
 k8s_version="$(pinned_version "${k8s_dir}" k8s.io/kubernetes)"
-k8s_ldflags() {
-  local minor major pkg=k8s.io/component-base/version
-  minor="${k8s_version#v*.}"
-  minor="${minor%%.*}"
-  major="${k8s_version#v}"
-  major="${major%%.*}"
-  echo "-s -w -X ${pkg}.gitVersion=${k8s_version} -X ${pkg}.gitMajor=${major} -X ${pkg}.gitMinor=${minor} -X ${pkg}.gitTreeState=clean"
-}
 
 build_containerd() {
   local dir="${root}/hack/tools/containerd" version stamp b
@@ -122,7 +112,7 @@ build_k8s_cmd() {
   fi
   log "building ${name} at ${k8s_version}"
   local start=${SECONDS}
-  (cd "${k8s_dir}" && go build -p "${par}" -trimpath -ldflags "$(k8s_ldflags)" -o "${tools_dir}/${name}" "${pkg}")
+  (cd "${k8s_dir}" && go build -p "${par}" -trimpath -ldflags "$(k8s_ldflags "${k8s_version}")" -o "${tools_dir}/${name}" "${pkg}")
   echo "${stamp}" >"${tools_dir}/${name}.version"
   log "${name} built in $((SECONDS - start))s"
 }
@@ -135,7 +125,7 @@ build_e2e() {
   fi
   log "building e2e.test (go test -c k8s.io/kubernetes/test/e2e) at ${k8s_version}"
   local start=${SECONDS}
-  (cd "${k8s_dir}" && go test -c -p "${par}" -trimpath -ldflags "$(k8s_ldflags)" \
+  (cd "${k8s_dir}" && go test -c -p "${par}" -trimpath -ldflags "$(k8s_ldflags "${k8s_version}")" \
     -o "${tools_dir}/e2e.test" k8s.io/kubernetes/test/e2e)
   echo "${stamp}" >"${tools_dir}/e2e.test.version"
   log "e2e.test built in $((SECONDS - start))s"

@@ -43,10 +43,8 @@ want() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
 mkdir -p "${tools_dir}"
 tools_dir="$(cd "${tools_dir}" && pwd)"
 
-# pinned_version <module dir> <module path>: the version go.mod requires.
-pinned_version() {
-  (cd "$1" && go list -m -f '{{.Version}}' "$2")
-}
+# shellcheck source=hack/lib/tools.sh
+source "${root}/hack/lib/tools.sh"
 
 # up_to_date <binary> <module path> <version>: true when the binary exists and
 # was built from that module version. Writes the stamp when it was missing.
@@ -123,13 +121,7 @@ if want kube-apiserver || want kube-proxy; then
 fi
 if [[ ${#k8s_bins[@]} -gt 0 ]]; then
   echo "build-tools: building ${k8s_bins[*]##*/} ${k8s_version} (cold: ~23 CPU-minutes, ~12 min on 2 idle cores; cached afterwards)"
-  minor="${k8s_version#v*.}"
-  minor="${minor%%.*}"
-  major="${k8s_version#v}"
-  major="${major%%.*}"
-  pkg=k8s.io/component-base/version
-  ldflags="-s -w -X ${pkg}.gitVersion=${k8s_version} -X ${pkg}.gitMajor=${major} -X ${pkg}.gitMinor=${minor} -X ${pkg}.gitTreeState=clean"
-  start_build kubernetes "${k8s_dir}" -trimpath -ldflags "${ldflags}" -o "${tools_dir}/" "${k8s_bins[@]}"
+  start_build kubernetes "${k8s_dir}" -trimpath -ldflags "$(k8s_ldflags "${k8s_version}")" -o "${tools_dir}/" "${k8s_bins[@]}"
 fi
 
 etcd_dir="${root}/hack/tools/etcd"
